@@ -1,0 +1,41 @@
+# raywave: one command sets up and runs the main job, one sets up and runs the tests.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.raywave-installed
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup run test test-slow bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first: 2.13.0 is the CPU wheel on this machine's disk; a looser spec would pull a CUDA build.
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job on the embedded default: simulate a small lattice, then its statistics and pictures.
+run: setup
+	$(BIN)/raywave waves simulate --config examples/waves-small.yaml --out runs/waves-small
+	$(BIN)/raywave waves analyze runs/waves-small
+	$(BIN)/raywave waves snapshot runs/waves-small
+	$(BIN)/raywave waves movie runs/waves-small
+
+test: setup
+	$(BIN)/ruff check raywave tests
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+bench: setup
+	$(BIN)/raywave bench waves
+
+lint: setup
+	$(BIN)/ruff check raywave tests
+
+clean:
+	rm -rf runs .pytest_cache

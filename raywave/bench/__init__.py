@@ -1,0 +1,1 @@
+"""Benchmarks: this project against its baseline, measured in the same run."""

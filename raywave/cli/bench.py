@@ -1,0 +1,63 @@
+"""`raywave bench ...`: benchmarks against their baselines, in the same run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from raywave.errors import ConfigError
+from raywave.io import write_json_atomic
+
+app = typer.Typer(help="Benchmarks: this project against its baseline in the same run.", no_args_is_help=True)
+
+
+@app.command()
+def waves(
+    sizes: str = typer.Option("32,64,128", help="comma-separated square lattice sides"),
+    backends: str = typer.Option("all", help="comma-separated backends, or all (see --list)"),
+    max_frames: int = typer.Option(10, help="at most this many 100-ms frames per timing (shorter for slow ones)"),
+    poster: bool = typer.Option(False, help="also time the poster's full run (432x432, 540 s) on --device"),
+    device: str = typer.Option("cuda", help="device of the --poster run"),
+    save: Path = typer.Option(None, help="write the results JSON here (e.g. benchmarks/results/waves-cpu.json)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+    list_: bool = typer.Option(False, "--list", help="list the backends and exit"),
+) -> None:
+    """Cell-steps per second of every backend on the same lattices, as ratios against Brian2 cpp_standalone."""
+    from raywave.bench.waves import BACKENDS, available_backends, poster_run, run_benchmark
+
+    if list_:
+        typer.echo("\n".join(BACKENDS))
+        return
+    try:
+        size_list = [int(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--sizes {sizes!r}: give comma-separated integers, e.g. 64,128") from None
+    if not size_list or min(size_list) < 1:
+        raise ConfigError("--sizes needs at least one lattice side >= 1")
+    chosen = available_backends() if backends == "all" else [b.strip() for b in backends.split(",")]
+    unknown = [b for b in chosen if b not in BACKENDS]
+    if unknown:
+        raise ConfigError(f"unknown backend(s) {unknown}; choose from {list(BACKENDS)}")
+    console = Console(stderr=True)
+    result = run_benchmark(size_list, chosen, max_frames, log=None if as_json else console.log)
+    if poster:
+        result["poster_run"] = poster_run(device)
+    if save:
+        write_json_atomic(save, result)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    t = Table(title=f"waves benchmark ({result['machine']['cpus']} CPUs, gpu: {result['machine']['gpu']})")
+    for col in ("backend", "lattice", "ns/cell-step", "cell-steps/s", "x brian2 cpp (1 thread)", "warm-up s"):
+        t.add_column(col, justify="right")
+    for r in result["rows"]:
+        ratio = r["speedup_vs_brian2_cpp_standalone_1thread"]
+        t.add_row(r["backend"], r["lattice"], f"{r['ns_per_cell_step']:.1f}", f"{r['cell_steps_per_s']:.3g}",
+                  f"{ratio:.1f}" if ratio else "-", f"{r['warmup_seconds']:.1f}")  # fmt: skip
+    Console().print(t)
+    if "poster_run" in result:
+        Console().print(result["poster_run"])

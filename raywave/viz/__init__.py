@@ -1,0 +1,1 @@
+"""Plots and movies (matplotlib, headless Agg backend)."""

@@ -1,0 +1,1 @@
+"""Stage-II retinal waves: the SAC model, its Brian2 and torch backends, storage, analysis."""

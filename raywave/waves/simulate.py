@@ -1,0 +1,102 @@
+"""Run one simulation to a RunStore: chunked, checkpointed, resumable and idempotent."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from raywave.io import ensure_writable_dir
+from raywave.waves.config import SimulationConfig
+from raywave.waves.state import initial_state
+from raywave.waves.store import Chunk, RunStore
+
+
+def make_backend(cfg: SimulationConfig):
+    """The integrator named by `cfg.backend`."""
+    if cfg.backend == "torch":
+        from raywave.waves.backend_torch import TorchBackend
+
+        return TorchBackend(cfg)
+    from raywave.waves.backend_brian2 import Brian2Backend
+
+    return Brian2Backend(cfg)
+
+
+def plan_chunks(cfg: SimulationConfig) -> list[Chunk]:
+    """Chunks of `frames_per_chunk` frame intervals over transient + recording (transient frames dropped)."""
+    total = cfg.transient_frames + cfg.n_frames
+    chunks, start = [], 0
+    while start < total:
+        stop = min(start + cfg.frames_per_chunk, total)
+        rec_first = max(start, cfg.transient_frames)
+        chunks.append(
+            Chunk(
+                index=len(chunks),
+                first_frame=max(0, rec_first - cfg.transient_frames),
+                n_frames=max(0, stop - rec_first),
+                end_step=stop * cfg.steps_per_frame,
+            )
+        )
+        start = stop
+    return chunks
+
+
+def simulate(
+    cfg: SimulationConfig,
+    out: str | Path,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> RunStore:
+    """Simulate `cfg` into `out`; re-running continues an interrupted run and skips a finished one.
+
+    `progress(done, total)` is called with frame-interval counts (transient included).
+    """
+    ensure_writable_dir(Path(out).parent if not Path(out).exists() else out)
+    store = RunStore(out)
+    backend = make_backend(cfg)
+    man = store.start(cfg, backend=backend.name, overwrite=overwrite)
+    chunks = plan_chunks(cfg)
+    total = cfg.transient_frames + cfg.n_frames
+    if man["status"] == "complete":
+        if progress:
+            progress(total, total)
+        return store
+    resumed = store.load_checkpoint(man)
+    if resumed is None:
+        state, step = initial_state(cfg.height, cfg.width, cfg.params, cfg.seed), 0
+    else:
+        state, step = resumed
+    done = step // cfg.steps_per_frame
+    if progress:
+        progress(done, total)
+    try:
+        for chunk in chunks:
+            if chunk.end_step <= step:
+                continue
+            n_intervals = (chunk.end_step - step) // cfg.steps_per_frame
+
+            def tick(k: int) -> None:
+                nonlocal done
+                done += k
+                if progress:
+                    progress(done, total)
+
+            t0 = time.perf_counter()
+            frames, state = backend.run_frames(state, step, n_intervals, cfg.record, progress=tick)
+            wall = time.perf_counter() - t0
+            kept = {v: f[n_intervals - chunk.n_frames :] for v, f in frames.items()}
+            man = store.append_chunk(man, chunk, kept, state, wall)
+            step = chunk.end_step
+    finally:
+        close = getattr(backend, "close", None)
+        if close:
+            close()
+    cell_steps = cfg.n_cells * man["simulated_steps"]
+    extra = {"cell_steps_per_second": cell_steps / man["wall_seconds"] if man["wall_seconds"] else None}
+    if cfg.backend == "torch":
+        extra["torch"] = {"device": str(backend.device), "compiled": backend.compiled, "precision": cfg.precision}
+    else:
+        extra["brian2_target"] = cfg.brian2_target
+    store.finish(man, extra)
+    return store
