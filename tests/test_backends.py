@@ -25,7 +25,8 @@ def test_noise_free_trajectories_agree(target):
                            compile="off", brian2_target=target, params={"sigma": 0.0, "gA": 0.1},
                            record=["V", "A"])  # fmt: skip
     state = initial_state(8, 8, cfg.params, seed=4)
-    ref, ref_state = Brian2Backend(cfg).run_frames(state, 0, 30, cfg.record)
+    with Brian2Backend(cfg) as b2:
+        ref, ref_state = b2.run_frames(state, 0, 30, cfg.record)
     got, got_state = TorchBackend(cfg).run_frames(state, 0, 30, cfg.record)
     assert ref["V"].max() > -40  # something happened: cells depolarised within 3 s
     for var, tol in TRAJ_ATOL.items():

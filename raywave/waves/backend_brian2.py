@@ -62,7 +62,8 @@ def _from_brian(var: str, values) -> np.ndarray:
 
 
 class Brian2Backend:
-    """Integrates a `SimulationConfig` with Brian2 in chunks of frames."""
+    """Integrates a `SimulationConfig` with Brian2 in chunks of frames. Brian2's device is process-global:
+    use one cpp_standalone backend at a time and `close()` it (or use it as a context manager)."""
 
     name = "brian2"
 
@@ -138,6 +139,7 @@ class Brian2Backend:
 
         import brian2 as b2
 
+        b2.set_device("runtime")  # Brian2's device is process-global: never inherit a standalone one
         b2.prefs.codegen.target = self.target
         b2.seed(chunk_seed(self.cfg.seed, step0))
         net, group, mon, duration = self._build(n_frames, record, state)
@@ -166,7 +168,9 @@ class Brian2Backend:
 
     def _compile_standalone(self, n_frames: int, record: list[str]):
         import brian2 as b2
+        from brian2.devices import all_devices
 
+        all_devices["cpp_standalone"].reinit()  # a fresh project: earlier builds in this process are forgotten
         b2.set_device("cpp_standalone", directory=str(self.build_dir), build_on_run=False, with_output=False)
         b2.prefs.devices.cpp_standalone.openmp_threads = 0  # one thread: the reference baseline
         net, group, mon, duration = self._build(n_frames, record, initial=None)
@@ -177,12 +181,18 @@ class Brian2Backend:
         b2.device.build(run=False, directory=str(self.build_dir), with_output=False)
         return net, group, mon
 
+    def __enter__(self) -> Brian2Backend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.target == "cpp_standalone" and self._standalone is not None:
             import brian2 as b2
+            from brian2.devices import all_devices
 
-            b2.device.reinit()
-            b2.device.activate()
+            all_devices["cpp_standalone"].reinit()
             b2.set_device("runtime")
             self._standalone = None
         if self._tmp is not None:
