@@ -58,6 +58,7 @@ def waves(
         ratio = r["speedup_vs_brian2_cpp_standalone_1thread"]
         t.add_row(r["backend"], r["lattice"], f"{r['ns_per_cell_step']:.1f}", f"{r['cell_steps_per_s']:.3g}",
                   f"{ratio:.1f}" if ratio else "-", f"{r['warmup_seconds']:.1f}")  # fmt: skip
-    Console().print(t)
+    out = Console(width=max(Console().width, 120))
+    out.print(t)
     if "poster_run" in result:
-        Console().print(result["poster_run"])
+        out.print(result["poster_run"])
