@@ -101,14 +101,15 @@ class Brian2Backend:
         if initial is not None:
             for var in STATE_VARIABLES:
                 setattr(group, var, _to_brian(var, initial[var]))
-        syn = b2.Synapses(group, group, f"I_ACh_post = {COUPLING} : amp (summed)", namespace=ns,
-                          dt=cfg.dt_ms * b2.ms, name="ach")  # fmt: skip
-        src, tar = self.pairs
-        if len(src):
-            syn.connect(i=src, j=tar)
         mon = b2.StateMonitor(group, record, record=True, dt=cfg.frame_interval_ms * b2.ms, when="start",
                               name="frames")  # fmt: skip
-        net = b2.Network(group, syn, mon) if len(src) else b2.Network(group, mon)
+        src, tar = self.pairs
+        if not len(src):  # a lattice without neighbours (1x1): no coupling, I_ACh stays 0
+            return b2.Network(group, mon), group, mon, n_frames * cfg.frame_interval_ms * b2.ms
+        syn = b2.Synapses(group, group, f"I_ACh_post = {COUPLING} : amp (summed)", namespace=ns,
+                          dt=cfg.dt_ms * b2.ms, name="ach")  # fmt: skip
+        syn.connect(i=src, j=tar)
+        net = b2.Network(group, syn, mon)
         return net, group, mon, n_frames * cfg.frame_interval_ms * b2.ms
 
     def _frames(self, mon, group, record: list[str], n_frames: int) -> tuple[dict[str, np.ndarray], State]:
