@@ -80,10 +80,13 @@ def save_movie(
     anim = animation.FuncAnimation(fig, update, frames=frames, blit=False)
     writer = animation.PillowWriter(fps=fps) if suffix == ".gif" else animation.FFMpegWriter(fps=fps)
     with atomic_path(path) as tmp:
-        tmp_named = tmp.with_suffix(suffix)
-        anim.save(tmp_named, writer=writer, dpi=dpi)
-        tmp_named.replace(tmp)
-    plt.close(fig)
+        tmp_named = tmp.with_suffix(suffix)  # the writers choose their format by the file's suffix
+        try:
+            anim.save(tmp_named, writer=writer, dpi=dpi)
+            tmp_named.replace(tmp)
+        finally:
+            tmp_named.unlink(missing_ok=True)
+            plt.close(fig)
     return path
 
 
