@@ -8,7 +8,6 @@ hA is carried as state so that each cell evaluates it once, not once per neighbo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 
 from raywave.errors import RaywaveError
 from raywave.waves.config import SimulationConfig
-from raywave.waves.equations import STATE_VARIABLES
+from raywave.waves.equations import STATE_VARIABLES, noise_std_per_step
 from raywave.waves.lattice import neighbour_offsets
 from raywave.waves.noise import cell_keys, hash32_int, standard_normal, step_key
 from raywave.waves.params import SACParameters
@@ -59,7 +58,7 @@ def step_constants(cfg: SimulationConfig) -> list[float]:
     dt = cfg.dt_ms
     derived = {
         "k_m": 2.0 / p.V2, "k_e": 1.0 / (2.0 * p.V4), "dt_cm": dt / p.Cm,
-        "noise_amp": p.sigma / p.Cm * math.sqrt(dt), "dt_taun": dt / p.tauN, "dt_tauc": dt / p.tauC,
+        "noise_amp": noise_std_per_step(p.model_dump(), dt), "dt_taun": dt / p.tauN, "dt_tauc": dt / p.tauC,
         "dt_taus": dt / p.tauS, "dt_taur": dt / p.tauR, "dt": dt, "inv_tauA": 1.0 / p.tauA,
     }  # fmt: skip
     return [derived[name] if name in derived else float(getattr(p, name)) for name in CONSTANTS]
