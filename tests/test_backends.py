@@ -3,6 +3,8 @@ statistics with noise on (acceptance 1, 2b)."""
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -34,14 +36,17 @@ def test_noise_free_trajectories_agree(target):
         np.testing.assert_allclose(got_state[var], ref_state[var], atol=tol, rtol=0, err_msg=var)
 
 
+def _calcium(cfg: SimulationConfig) -> np.ndarray:
+    """Simulate `cfg` into a temporary run directory and return its calcium frames."""
+    with tempfile.TemporaryDirectory() as d:
+        return simulate(cfg, d + "/run").frames()
+
+
 def _isolated_cells(backend: str, **extra) -> tuple[np.ndarray, dict]:
     cfg = SimulationConfig(backend=backend, height=LATTICE, width=LATTICE, duration_s=150, transient_s=20,
                            checkpoint_every_s=10, storage_dtype="float32", seed=3,
                            params={"gA": 0.0}, **extra)  # fmt: skip
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        ca = simulate(cfg, d + "/run").frames()
+    ca = _calcium(cfg)
     return ca, cell_bursts(ca, AnalysisSettings())
 
 
@@ -76,16 +81,12 @@ def test_backends_agree_statistically(isolated):
 
 def test_coupled_wave_statistics_agree():
     """gA = 0.05 on the shared lattice: event counts and sizes agree between backends within stated bounds."""
-    import tempfile
-
     stats = {}
     for backend, extra in (("torch", {"compile": "on"}), ("brian2", {"brian2_target": "cpp_standalone"})):
         cfg = SimulationConfig(backend=backend, height=LATTICE, width=LATTICE, duration_s=120, transient_s=20,
                                checkpoint_every_s=10, storage_dtype="float32", seed=5, params={"gA": 0.05},
                                **extra)  # fmt: skip
-        with tempfile.TemporaryDirectory() as d:
-            ca = simulate(cfg, d + "/run").frames()
-        stats[backend] = analyze(ca, AnalysisSettings())[0]
+        stats[backend] = analyze(_calcium(cfg), AnalysisSettings())[0]
     t, b = stats["torch"], stats["brian2"]
     assert t["n_events"] > 0 and b["n_events"] > 0
     assert abs(t["fraction_cells_bursting"] - b["fraction_cells_bursting"]) < 0.1

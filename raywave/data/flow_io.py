@@ -36,9 +36,8 @@ def _read(path: str | os.PathLike, channels: int, kind: str) -> np.ndarray:
         raise RaywaveError(
             f"{str(path)!r} is corrupt: header says {w}x{h}, file has {len(raw)} bytes, expected {expected}"
         )
-    data = np.frombuffer(raw, "<f4", offset=_HEADER.itemsize).reshape(h, w, channels) if channels > 1 else \
-        np.frombuffer(raw, "<f4", offset=_HEADER.itemsize).reshape(h, w)  # fmt: skip
-    return data.astype(np.float32)
+    shape = (h, w, channels) if channels > 1 else (h, w)
+    return np.frombuffer(raw, "<f4", offset=_HEADER.itemsize).reshape(shape).astype(np.float32)
 
 
 def _write(path: str | os.PathLike, data: np.ndarray) -> None:
@@ -88,12 +87,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write uint8 (H, W, 3) or (H, W) as PPM/PNG (format from the suffix), atomically."""
+    """Write uint8 (H, W, 3) or (H, W) as PPM/PNG/JPEG (format from the suffix), atomically."""
     from PIL import Image
 
     path = Path(path)
     fmt = {".ppm": "PPM", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower())
     if fmt is None:
-        raise RaywaveError(f"unsupported image format {path.suffix!r}; use .ppm or .png")
+        raise RaywaveError(f"unsupported image format {path.suffix!r}; use .ppm, .png or .jpg")
     with atomic_path(path) as tmp:
         Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, format=fmt)

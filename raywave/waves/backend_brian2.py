@@ -103,14 +103,14 @@ class Brian2Backend:
                 setattr(group, var, _to_brian(var, initial[var]))
         mon = b2.StateMonitor(group, record, record=True, dt=cfg.frame_interval_ms * b2.ms, when="start",
                               name="frames")  # fmt: skip
+        duration = n_frames * cfg.frame_interval_ms * b2.ms
         src, tar = self.pairs
         if not len(src):  # a lattice without neighbours (1x1): no coupling, I_ACh stays 0
-            return b2.Network(group, mon), group, mon, n_frames * cfg.frame_interval_ms * b2.ms
+            return b2.Network(group, mon), group, mon, duration
         syn = b2.Synapses(group, group, f"I_ACh_post = {COUPLING} : amp (summed)", namespace=ns,
                           dt=cfg.dt_ms * b2.ms, name="ach")  # fmt: skip
         syn.connect(i=src, j=tar)
-        net = b2.Network(group, syn, mon)
-        return net, group, mon, n_frames * cfg.frame_interval_ms * b2.ms
+        return b2.Network(group, syn, mon), group, mon, duration
 
     def _frames(self, mon, group, record: list[str], n_frames: int) -> tuple[dict[str, np.ndarray], State]:
         cfg = self.cfg
