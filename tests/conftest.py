@@ -25,3 +25,14 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small embedded Ray for the whole session (never attaches to a `ray start` cluster on the host)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20,
+                 log_to_driver=False)  # fmt: skip
+    yield ray
+    ray.shutdown()

@@ -29,3 +29,27 @@ def frame_progress(description: str, quiet: bool = False) -> Iterator[Callable[[
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+@contextlib.contextmanager
+def sweep_progress(n_sims: int, quiet: bool = False) -> Iterator[Callable[[dict], None]]:
+    """Yield `update(info)` for a sweep: frames done across running simulations, and simulations done."""
+    if quiet:
+        yield lambda info: None
+        return
+    with Progress(
+        TextColumn("[bold]sweep"),
+        BarColumn(),
+        TextColumn("{task.fields[sims]}"),
+        MofNCompleteColumn(),
+        TextColumn("frames"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ) as bar:
+        task = bar.add_task("sweep", total=None, sims=f"0/{n_sims} new sims")
+
+        def update(info: dict) -> None:
+            bar.update(task, completed=info["frames_done"], total=info["frames_total"],
+                       sims=f"{info['sims_done']}/{info['sims_total']} new sims")  # fmt: skip
+
+        yield update

@@ -10,9 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from raywave.cli.progress import frame_progress
+from raywave.cli.progress import frame_progress, sweep_progress
 from raywave.config import build, load_yaml, save_model, set_dotted
-from raywave.errors import ConfigError
+from raywave.errors import ConfigError, RaywaveError
 from raywave.waves.config import SimulationConfig
 
 app = typer.Typer(
@@ -96,6 +96,41 @@ def simulate(
     rate = man.get("cell_steps_per_second")
     rate_txt = f", {rate:.3g} cell-steps/s" if rate else ""
     console.print(f"[green]done[/]: {man['n_frames']} frames of {cfg.height}x{cfg.width} in {out}{rate_txt}")
+
+
+@app.command()
+def generate(
+    config: Path = typer.Option(..., "--config", "-c", help="sweep YAML: base, grid, cases, seeds, workers"),
+    out: str = typer.Option("runs/rw-dataset", "--out", "-o", help="dataset path or URI (s3://, gs://, file://)"),
+    address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS, else an embedded Ray)"),
+    workers: int = typer.Option(None, help="concurrent simulations (overrides the sweep file)"),
+    num_cpus: int = typer.Option(None, help="CPUs of the embedded Ray (default: all)"),
+    scratch: str = typer.Option(None, help="local directory for in-progress runs (default: OUT/_scratch)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Run a sweep of simulations on Ray actors into a parquet dataset; re-run to finish an interrupted one."""
+    from raywave.config import load_model
+    from raywave.data.sweep_config import SweepConfig, expand
+    from raywave.data.sweep_runner import run_sweep
+
+    sweep = load_model(SweepConfig, config)
+    if workers is not None:
+        sweep.workers = workers
+    n = len(expand(sweep))
+    with sweep_progress(n, quiet) as update:
+        report = run_sweep(sweep, out, address=address, scratch=scratch, num_cpus=num_cpus, progress=update)
+    console.print(
+        f"[green]dataset {report.dataset}[/]: {len(report.generated)} generated, {len(report.skipped)} already there"
+        f", {len(report.failed)} failed in {report.wall_s:.1f} s"
+        + (f"; resumed from an earlier attempt: {len(report.retried)}" if report.retried else ""),
+        soft_wrap=True,
+    )
+    if report.failed:
+        first = next(iter(report.failed.items()))
+        raise RaywaveError(
+            f"{len(report.failed)} of {n} simulations failed (first: {first[0]}: {first[1]}); "
+            "fix the cause and re-run the same command to generate the rest"
+        )
 
 
 @app.command()

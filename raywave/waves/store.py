@@ -194,7 +194,16 @@ class RunStore:
         if var not in man["variables"]:
             raise RaywaveError(f"variable {var!r} was not recorded in {self.root}; recorded: {list(man['variables'])}")
         meta = man["variables"][var]
-        parts = []
+        parts = [raw for _, raw in self.iter_stored(var, verify, man)]
+        h, w = man["shape"]
+        if not parts:
+            return np.zeros((0, h, w), np.float32)
+        raw = np.concatenate(parts, axis=0)
+        return (meta["offset"] + meta["scale"] * raw.astype(np.float32)).astype(np.float32)
+
+    def iter_stored(self, var: str = "C", verify: bool = False, man: dict | None = None):
+        """Yield (first_frame, frames as stored) per chunk, in the storage dtype (no conversion)."""
+        man = man or self.manifest()
         for c in man["chunks"]:
             if not c["n_frames"]:
                 continue
@@ -203,14 +212,9 @@ class RunStore:
             if verify and sha256_file(path) != entry["sha256"]:
                 raise RaywaveError(f"{path} is corrupt (checksum mismatch)")
             try:
-                parts.append(np.load(path))
+                yield c["first_frame"], np.load(path)
             except (OSError, ValueError) as exc:
                 raise RaywaveError(f"{path} is missing or corrupt ({exc})") from None
-        h, w = man["shape"]
-        if not parts:
-            return np.zeros((0, h, w), np.float32)
-        raw = np.concatenate(parts, axis=0)
-        return (meta["offset"] + meta["scale"] * raw.astype(np.float32)).astype(np.float32)
 
     def times(self) -> np.ndarray:
         """Time (s) of every recorded frame."""

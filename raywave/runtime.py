@@ -1,0 +1,60 @@
+"""Ray start/attach: an embedded local Ray by default, a cluster with `--address` or RAY_ADDRESS.
+
+This is the only place that decides how Ray is started; everything else calls `ray_session()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from raywave.errors import RaywaveError
+
+
+def ray_is_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+@contextlib.contextmanager
+def ray_session(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    object_store_mb: int | None = None,
+    dashboard: bool = False,
+    quiet: bool = True,
+) -> Iterator[dict]:
+    """Use the Ray already initialised in this process, or attach to `address`/RAY_ADDRESS, or start a
+    local one (not attaching to a `ray start` cluster on this host unless asked). Shuts down only what it
+    started. Yields the cluster's resources."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray.cluster_resources()
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": not quiet}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs.update(address="local", include_dashboard=dashboard, num_cpus=num_cpus or os.cpu_count())
+        if num_gpus is not None:
+            kwargs["num_gpus"] = num_gpus
+        if object_store_mb:
+            kwargs["object_store_memory"] = object_store_mb * 2**20
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise RaywaveError(f"cannot reach the Ray cluster at {address!r} ({exc}); check --address/RAY_ADDRESS") from None
+    try:
+        if quiet:
+            from ray.data import DataContext
+
+            DataContext.get_current().enable_progress_bars = False
+        yield ray.cluster_resources()
+    finally:
+        ray.shutdown()
