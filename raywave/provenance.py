@@ -15,9 +15,12 @@ def code_version() -> dict[str, str | bool | None]:
     root = Path(__file__).resolve().parents[1]
     commit = dirty = None
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+            ).stdout.strip()
+            or None
+        )
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", "raywave"],
             cwd=root, capture_output=True, text=True, timeout=5, check=True,

@@ -49,7 +49,9 @@ def ray_session(
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
-        raise RaywaveError(f"cannot reach the Ray cluster at {address!r} ({exc}); check --address/RAY_ADDRESS") from None
+        raise RaywaveError(
+            f"cannot reach the Ray cluster at {address!r} ({exc}); check --address or RAY_ADDRESS"
+        ) from None
     try:
         if quiet:
             from ray.data import DataContext

@@ -26,14 +26,13 @@ from raywave.storage import Location, exists, remove_stale_temps, write_json
 from raywave.waves.analysis import analyze
 from raywave.waves.report import settings_for
 from raywave.waves.simulate import simulate
-from raywave.waves.store import RunStore
 
 
 def calcium_stats(calcium: np.ndarray, active_nM: float) -> dict[str, float]:
     """Summary of a simulation's calcium (nM) used for normalisation and for the dataset card."""
     flat = calcium.reshape(len(calcium), -1) if len(calcium) else np.zeros((0, 1), np.float32)
     active = (flat >= active_nM).mean(axis=1) if len(flat) else np.zeros(0)
-    p1, p99 = (np.percentile(flat, [1, 99]) if flat.size else (np.nan, np.nan))
+    p1, p99 = np.percentile(flat, [1, 99]) if flat.size else (np.nan, np.nan)
     return {
         "min": float(flat.min()) if flat.size else float("nan"),
         "max": float(flat.max()) if flat.size else float("nan"),

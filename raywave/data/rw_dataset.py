@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raywave.errors import RaywaveError
-from raywave.storage import Location, atomic_output, exists, list_dir, read_json, resolve, write_json
+from raywave.storage import Location, atomic_output, exists, list_dir, read_json, resolve
 
 DATASET_FORMAT = "raywave.rw-dataset/1"
 FRAMES = "frames.parquet"
