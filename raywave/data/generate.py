@@ -116,3 +116,41 @@ def generate_one(
     for suffix in (".attempts", ".pid"):
         (work.parent / f"{spec.sim_id}{suffix}").unlink(missing_ok=True)
     return {"status": "generated", "sim_id": spec.sim_id, "manifest": manifest}
+
+
+def import_movie(
+    dataset: Location,
+    sim_id: str,
+    calcium_nM: np.ndarray,
+    frame_interval_s: float,
+    metadata: dict[str, Any] | None = None,
+    active_nM: float = 180.0,
+) -> dict[str, Any]:
+    """Add a calcium movie (n, H, W) in nM that was not simulated here (a recording, a test pattern) as a
+    float32 simulation of the dataset, with the same files and manifest as a generated one."""
+    from raywave.storage import read_json
+
+    movie = np.asarray(calcium_nM, np.float32)
+    if movie.ndim != 3 or not movie.shape[0]:
+        raise ValueError(f"a movie is (frames, height, width) with frames >= 1, got {movie.shape}")
+    times = np.arange(len(movie)) * frame_interval_s
+    meta = {"sim_id": sim_id, "calcium_offset": 0.0, "calcium_scale": 1.0}
+    entry = write_frames(dataset, sim_id, iter([(0, times, movie)]), movie.shape[1:], np.dtype(np.float32), meta)
+    manifest = {
+        "format": DATASET_FORMAT, "sim_id": sim_id, "sweep_values": {}, "seed": None, "backend": "imported",
+        "config": {"frame_interval_ms": frame_interval_s * 1000.0, "height": movie.shape[1],
+                   "width": movie.shape[2]},
+        "metadata": metadata or {}, "code_version": code_version(), "shape": list(movie.shape[1:]),
+        "dtype": "float32", "calcium_offset": 0.0, "calcium_scale": 1.0, "first_frame_time_s": 0.0,
+        "frame_interval_s": frame_interval_s, "frames": entry, "calcium_stats": calcium_stats(movie, active_nM),
+        "wave_stats": None, "generation": {"attempts": 1, "host": platform.node(), "imported": True},
+    }  # fmt: skip
+    write_json(dataset, f"{sim_dir(sim_id)}/{MANIFEST}", manifest)
+    try:
+        info = read_json(dataset, "dataset.json")
+    except FileNotFoundError:
+        info = {"format": DATASET_FORMAT, "status": "complete", "simulations": [], "sweeps": []}
+    if sim_id not in info["simulations"]:
+        info["simulations"].append(sim_id)
+        write_json(dataset, "dataset.json", info)
+    return manifest
