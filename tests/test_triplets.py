@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -211,3 +213,29 @@ def test_ray_data_pipeline_matches_the_plain_dataset(ray_local, tmp_path):
     assert fr.count() == 60
     first = fr.filter(expr="sim_id == 'sim-b' and frame == 7").take(1)[0]
     np.testing.assert_array_equal(first["calcium"], b[7])
+
+
+def test_cli_triplets_and_describe(tmp_path, cli):
+    root = make(tmp_path, {"sim-a": movie(30, active_frames=range(4, 20), seed=7), "sim-b": movie(30, seed=8)})
+    res = cli("data", "triplets", root, "--dt-s", "0.1,0.2", "--min-active", "0.1")
+    assert res.returncode == 0, res.stderr
+    assert "26 triplets" in " ".join(res.stdout.split())  # (16 - 2) + (16 - 4) in sim-a, none in sim-b
+    res = cli("data", "describe", root, "--json")
+    assert res.returncode == 0, res.stderr
+    import json
+
+    card = json.loads(res.stdout)
+    assert card["simulations_committed"] == 2 and card["frames"] == 60 and card["shapes"] == [[12, 12]]
+    assert card["triplets"][0]["n_triplets"] == 26
+    assert sum(card["activity"]["hist_counts"]) == 60
+    for fig in card["figures"].values():
+        assert Path(fig).stat().st_size > 1000
+    bad = cli("data", "triplets", root, "--dt-s", "0.25", "--name", "bad")
+    assert bad.returncode == 2 and "whole multiple" in bad.stderr and not (Path(root) / "triplets" / "bad").exists()
+    frames = Path(root) / "simulations" / "sim-b" / "frames.parquet"
+    frames.write_bytes(b"PAR1" + b"\0" * 50)
+    for args in (["data", "describe", root], ["data", "triplets", root, "--name", "x"]):
+        res = cli(*args)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.returncode == 2 and len(lines) == 1 and "corrupt" in lines[0], res.stderr
+    assert not (Path(root) / "triplets" / "x").exists()

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from raywave.cli.bench import app as bench_app
+from raywave.cli.data import app as data_app
 from raywave.cli.doctor import doctor
 from raywave.cli.waves import app as waves_app
 from raywave.errors import RaywaveError
@@ -20,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(waves_app, name="waves")
+app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 app.command("doctor")(doctor)
 
