@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## The main job on the embedded default: simulate a small lattice, then its statistics and pictures.
+## The main job on the embedded default: simulate a small lattice, then its statistics and pictures;
+## then a sweep on the embedded Ray into a parquet dataset, its triplets and its dataset card.
 run: setup
 	$(BIN)/raywave waves simulate --config examples/waves-small.yaml --out runs/waves-small
 	$(BIN)/raywave waves analyze runs/waves-small
 	$(BIN)/raywave waves snapshot runs/waves-small
 	$(BIN)/raywave waves movie runs/waves-small
+	$(BIN)/raywave waves generate --config examples/sweep-small.yaml --out runs/rw-dataset
+	$(BIN)/raywave data triplets runs/rw-dataset --config examples/triplets.yaml
+	$(BIN)/raywave data describe runs/rw-dataset
 
 test: setup
 	$(BIN)/ruff check raywave tests
@@ -33,6 +37,7 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/raywave bench waves
+	$(BIN)/raywave bench data
 
 lint: setup
 	$(BIN)/ruff check raywave tests

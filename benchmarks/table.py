@@ -1,4 +1,4 @@
-"""Print a Markdown table of a `raywave bench waves --save` JSON file (used for the README's table)."""
+"""Print a Markdown table of a `raywave bench waves|data --save` JSON file (used for the README's tables)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,33 @@ import json
 import sys
 
 
+def data_table(res: dict) -> None:
+    m, s, ld = res["machine"], res["sweep"], res["loading"]
+    print(f"Machine: {m['cpus']} CPUs ({m['cpu']}), GPU: {m['gpu'] or 'none'}; embedded Ray with "
+          f"{res['embedded_ray_cpus']} CPUs; Ray {res['versions']['ray']}; {res['date']}.\n")
+    print("| measure | baseline | raywave | ratio | goal |")
+    print("|---|---|---|---|---|")
+    print(f"| sweep of {s['simulations']} simulations, {s['lattice']} x {s['duration_s']:g} s (simulations/min, "
+          f"actor start-up included) | 1 worker: {s['workers_1']['simulations_per_minute']:.2f} | 2 workers: "
+          f"{s['workers_2']['simulations_per_minute']:.2f} | {s['speedup_2_vs_1']:.2f}x | >= 1.7x |")
+    n = ld["triplets_per_epoch"] * ld["epochs"]
+    for label, runs, ratio in [("", ld, ld["ray_vs_plain"]), (" (first pipeline of the session)", ld["cold"],
+                                                                ld["ray_vs_plain_cold"])]:
+        p, r = runs["torch_dataloader"], runs["ray_data"]
+        print(f"| triplets {ld['lattice']}, {n} in batches of {ld['batch_size']}{label} (triplets/s) | "
+              f"DataLoader: {p['triplets_per_s']:.0f} | Ray Data: {r['triplets_per_s']:.0f} | {ratio:.2f}x | "
+              ">= 0.8x and >= 1,000/s |")
+    p, r = ld["torch_dataloader"], ld["ray_data"]
+    print(f"| same, steady state (after the first batch) | {p['steady_triplets_per_s']:.0f} | "
+          f"{r['steady_triplets_per_s']:.0f} | {ld['ray_vs_plain_steady']:.2f}x | |")
+    print(f"| time to the first batch (s) | {p['first_batch_s']:.2f} | {r['first_batch_s']:.2f} | | |")
+
+
 def main(path: str) -> None:
     res = json.load(open(path))
+    if res.get("benchmark") == "data":
+        data_table(res)
+        return
     m = res["machine"]
     print(f"Machine: {m['cpus']} CPUs ({m['cpu']}), torch threads {m['torch_threads']}, GPU: {m['gpu'] or 'none'}; "
           f"{res['date']}; {res['model']}.\n")

@@ -3,13 +3,12 @@ Brian2 cpp_standalone (1 thread). Compilation is timed separately and excluded f
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections.abc import Callable
 
 import numpy as np
 
+from raywave.bench.machine import machine_info
 from raywave.waves.config import SimulationConfig
 from raywave.waves.state import initial_state
 
@@ -93,7 +92,6 @@ def run_benchmark(
     sizes: list[int], backends: list[str], max_frames: int = 10, log: Callable[[str], None] | None = None
 ) -> dict:
     """Every backend on every lattice in this one run; ratios are against Brian2 cpp_standalone."""
-    import torch
 
     rows = []
     for size in sizes:
@@ -108,13 +106,7 @@ def run_benchmark(
     return {
         "benchmark": "waves",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-        },
+        "machine": machine_info(),
         "versions": _versions(),
         "model": "SAC, gA 0.03 nS, noise on, dt 0.1 ms, 4 neighbours, zero-flux; rates exclude compilation",
         "baseline": BASELINE,

@@ -62,3 +62,50 @@ def waves(
     out.print(t)
     if "poster_run" in result:
         out.print(result["poster_run"])
+
+
+@app.command()
+def data(
+    sweep_size: int = typer.Option(64, help="lattice side of the sweep-throughput simulations"),
+    sweep_duration_s: float = typer.Option(20.0, help="simulated seconds per sweep simulation"),
+    sweep_sims: int = typer.Option(12, help="simulations in the sweep"),
+    load_size: int = typer.Option(128, help="lattice side of the triplet-loading dataset"),
+    load_duration_s: float = typer.Option(10.0, help="simulated seconds per loading-dataset simulation"),
+    epochs: int = typer.Option(100, help="epochs of triplets each loader delivers (one stream)"),
+    batch_size: int = typer.Option(64, help="triplets per batch"),
+    save: Path = typer.Option(None, help="write the results JSON here (e.g. benchmarks/results/data-cpu.json)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+) -> None:
+    """Sweep throughput (2 workers vs 1) and triplet loading (Ray Data vs torch DataLoader), one run."""
+    from raywave.bench.data import run_benchmark
+
+    if min(sweep_size, load_size, sweep_sims, epochs, batch_size) < 1 or min(sweep_duration_s, load_duration_s) <= 0:
+        raise ConfigError("sizes, counts and durations must be positive")
+    console = Console(stderr=True)
+    result = run_benchmark(sweep_size, sweep_duration_s, sweep_sims, load_size, 4, load_duration_s, epochs,
+                           batch_size, log=None if as_json else console.log)  # fmt: skip
+    if save:
+        write_json_atomic(save, result)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    s, ld = result["sweep"], result["loading"]
+    t = Table(title=f"data benchmark ({result['machine']['cpus']} CPUs: {result['machine']['cpu']})")
+    for col in ("measure", "baseline", "raywave", "ratio", "goal"):
+        t.add_column(col)
+    t.add_row(
+        f"sweep, {s['simulations']} sims {s['lattice']} x {s['duration_s']:g} s (sims/min)",
+        f"1 worker: {s['workers_1']['simulations_per_minute']:.2f}",
+        f"2 workers: {s['workers_2']['simulations_per_minute']:.2f}",
+        f"{s['speedup_2_vs_1']:.2f}x",
+        ">= 1.7x",
+    )
+    t.add_row(f"triplets {ld['lattice']}, batch {ld['batch_size']}, {ld['epochs']} epochs (triplets/s)",
+              f"DataLoader: {ld['torch_dataloader']['triplets_per_s']:.0f}",
+              f"Ray Data: {ld['ray_data']['triplets_per_s']:.0f}", f"{ld['ray_vs_plain']:.2f}x",
+              ">= 0.8x, >= 1000/s")  # fmt: skip
+    cold = ld["cold"]
+    t.add_row("  (first pipeline of the session, start-up included)",
+              f"DataLoader: {cold['torch_dataloader']['triplets_per_s']:.0f}",
+              f"Ray Data: {cold['ray_data']['triplets_per_s']:.0f}", f"{ld['ray_vs_plain_cold']:.2f}x", "")  # fmt: skip
+    Console(width=max(Console().width, 140)).print(t)

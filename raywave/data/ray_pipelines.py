@@ -33,14 +33,14 @@ def frames_dataset(dataset: str):
 class _TripletMaker:
     """Ray Data actor: index rows -> triplet arrays."""
 
-    def __init__(self, dataset: str, name: str, epoch: int, augment: bool):
+    def __init__(self, dataset: str, name: str, augment: bool):
         from raywave.data.triplets import TripletSource
 
         self.source = TripletSource(dataset, name)
-        self.epoch, self.augment = epoch, augment
+        self.augment = augment
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.source.get(batch["row"], self.epoch, self.augment)
+        out = self.source.get(batch["row"], batch["epoch"], self.augment)
         return {"frames": out["frames"], "dt_s": out["dt_s"], "row": out["row"]}
 
 
@@ -49,6 +49,7 @@ def triplet_dataset(
     name: str = "default",
     split: str = "train",
     epoch: int = 0,
+    epochs: int = 1,
     augment: bool = True,
     shuffle: bool = True,
     batch_size: int = 64,
@@ -56,23 +57,27 @@ def triplet_dataset(
     cpus_per_worker: float = 0.5,
 ) -> Any:
     """A Ray Dataset of triplets ({"frames": (3, h, w) float32, "dt_s", "row"}) for `iter_torch_batches` or
-    Ray Train (`datasets={"train": ...}`). Shuffling and augmentation are functions of (seed, epoch)."""
+    Ray Train (`datasets={"train": ...}`), covering `epochs` epochs from `epoch` in one stream. Shuffling and
+    augmentation are functions of (seed, epoch), the same as in `TripletDataset`."""
     import pyarrow as pa
     import ray
 
     from raywave.data.triplets import TripletSource
 
     source = TripletSource(dataset, name)
-    rows = source.rows(split)
-    if shuffle:
-        rows = np.random.default_rng([source.cfg.seed, epoch]).permutation(rows)
-    block = max(batch_size, 4 * batch_size)
-    tables = [pa.table({"row": rows[i : i + block]}) for i in range(0, len(rows), block)] or [
-        pa.table({"row": np.zeros(0, np.int64)})
-    ]
+    base = source.rows(split)
+    rows, eps = [], []
+    for e in range(epoch, epoch + epochs):
+        rows.append(np.random.default_rng([source.cfg.seed, e]).permutation(base) if shuffle else base)
+        eps.append(np.full(len(base), e, np.int64))
+    rows_a, eps_a = np.concatenate(rows), np.concatenate(eps)
+    block = 4 * batch_size
+    tables = [pa.table({"row": rows_a[i : i + block], "epoch": eps_a[i : i + block]})
+              for i in range(0, len(rows_a), block)]  # fmt: skip
+    tables = tables or [pa.table({"row": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64)})]
     return ray.data.from_arrow(tables).map_batches(
         _TripletMaker,
-        fn_constructor_kwargs={"dataset": dataset, "name": name, "epoch": epoch, "augment": augment},
+        fn_constructor_kwargs={"dataset": dataset, "name": name, "augment": augment},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),

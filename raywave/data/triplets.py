@@ -268,15 +268,17 @@ class TripletSource:
             self._cache.popitem(last=False)
         return frames
 
-    def get(self, rows: np.ndarray, epoch: int = 0, augment: bool = True) -> dict[str, np.ndarray]:
-        """{"frames": (B, 3, h, w) float32, "dt_s": (B,), "row": (B,)} for index rows `rows`."""
+    def get(self, rows: np.ndarray, epoch: int | np.ndarray = 0, augment: bool = True) -> dict[str, np.ndarray]:
+        """{"frames": (B, 3, h, w) float32, "dt_s": (B,), "row": (B,)} for index rows `rows` (augmented as in
+        `epoch`, one for all rows or one per row)."""
         sim_i, t0, step = (self._cols[c][rows] for c in ("sim_index", "t0", "step"))
+        epochs = np.broadcast_to(np.asarray(epoch, np.int64), (len(rows),))
         out = None
         crop = self.cfg.augment.crop
         aug = self.cfg.augment if augment else Augment(rot90=False, hflip=False, vflip=False, crop=crop)
-        for j, (si, t, k, row) in enumerate(zip(sim_i, t0, step, rows, strict=True)):
+        for j, (si, t, k, row, ep) in enumerate(zip(sim_i, t0, step, rows, epochs, strict=True)):
             raw = self.stored(int(si))[[t, t + k, t + 2 * k]]
-            ops = augment_ops(aug, self.cfg.seed, epoch, int(row), raw.shape[-2:])
+            ops = augment_ops(aug, self.cfg.seed, int(ep), int(row), raw.shape[-2:])
             if not augment:
                 ops.update(top=(raw.shape[-2] - (aug.crop or 0)) // 2, left=(raw.shape[-1] - (aug.crop or 0)) // 2)
             norm = self.sims[int(si)]
@@ -293,8 +295,8 @@ class TripletSource:
 
 
 class TripletDataset:
-    """A plain torch map-style Dataset of triplets. `ds[i]` is one triplet; `ds[[i, j, ...]]` a batch
-    (use `loader()` for batched loading without per-item collation)."""
+    """A plain torch map-style Dataset of triplets. `ds[i]` is one triplet; `ds[rows]` or `ds[(epoch, rows)]`
+    a batch (use `loader()` for batched loading without per-item collation)."""
 
     def __init__(self, dataset: str, name: str = "default", split: str = "train", augment: bool = True,
                  epoch: int = 0):  # fmt: skip
@@ -320,17 +322,25 @@ class TripletDataset:
     def __getitem__(self, i):
         import torch
 
-        batch = self.source.get(self._rows[np.atleast_1d(i)], self.epoch, self.augment)
+        epoch = self.epoch
+        if isinstance(i, tuple):
+            epoch, i = i
+        batch = self.source.get(self._rows[np.atleast_1d(i)], epoch, self.augment)
         out = {k: torch.from_numpy(v) for k, v in batch.items()}
         return out if isinstance(i, list | np.ndarray) else {k: v[0] for k, v in out.items()}
 
-    def loader(self, batch_size: int = 64, shuffle: bool = True, num_workers: int = 0, seed: int = 0):
-        """A torch DataLoader yielding ready batches (the dataset indexes a whole batch at once)."""
-        import torch
-        from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+    def batches(self, batch_size: int, shuffle: bool = True, epochs: int = 1, seed: int | None = None):
+        """(epoch, positions) per batch, for epochs self.epoch ... self.epoch + epochs - 1."""
+        seed = self.source.cfg.seed if seed is None else seed
+        for e in range(self.epoch, self.epoch + epochs):
+            order = np.random.default_rng([seed, e]).permutation(len(self)) if shuffle else np.arange(len(self))
+            for i in range(0, len(order), batch_size):
+                yield e, order[i : i + batch_size]
 
-        gen = torch.Generator().manual_seed(seed + self.epoch)
-        base = RandomSampler(self, generator=gen) if shuffle else SequentialSampler(self)
-        sampler = BatchSampler(base, batch_size, drop_last=False)
-        return DataLoader(self, sampler=sampler, batch_size=None, num_workers=num_workers,
-                          persistent_workers=num_workers > 0)  # fmt: skip
+    def loader(self, batch_size: int = 64, shuffle: bool = True, num_workers: int = 0, epochs: int = 1,
+               seed: int | None = None):  # fmt: skip
+        """A torch DataLoader over `epochs` epochs, yielding ready batches (one dataset call per batch)."""
+        from torch.utils.data import DataLoader
+
+        return DataLoader(self, sampler=list(self.batches(batch_size, shuffle, epochs, seed)), batch_size=None,
+                          num_workers=num_workers)  # fmt: skip
