@@ -4,44 +4,59 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def data_table(res: dict) -> None:
     m, s, ld = res["machine"], res["sweep"], res["loading"]
-    print(f"Machine: {m['cpus']} CPUs ({m['cpu']}), GPU: {m['gpu'] or 'none'}; embedded Ray with "
-          f"{res['embedded_ray_cpus']} CPUs; Ray {res['versions']['ray']}; {res['date']}.\n")
+    print(
+        f"Machine: {m['cpus']} CPUs ({m['cpu']}), GPU: {m['gpu'] or 'none'}; embedded Ray with "
+        f"{res['embedded_ray_cpus']} CPUs; Ray {res['versions']['ray']}; {res['date']}.\n"
+    )
     print("| measure | baseline | raywave | ratio | goal |")
     print("|---|---|---|---|---|")
-    print(f"| sweep of {s['simulations']} simulations, {s['lattice']} x {s['duration_s']:g} s (simulations/min, "
-          f"actor start-up included) | 1 worker: {s['workers_1']['simulations_per_minute']:.2f} | 2 workers: "
-          f"{s['workers_2']['simulations_per_minute']:.2f} | {s['speedup_2_vs_1']:.2f}x | >= 1.7x |")
+    print(
+        f"| sweep of {s['simulations']} simulations, {s['lattice']} x {s['duration_s']:g} s (simulations/min, "
+        f"actor start-up included) | 1 worker: {s['workers_1']['simulations_per_minute']:.2f} | 2 workers: "
+        f"{s['workers_2']['simulations_per_minute']:.2f} | {s['speedup_2_vs_1']:.2f}x | >= 1.7x |"
+    )
     n = ld["triplets_per_epoch"] * ld["epochs"]
-    for label, runs, ratio in [("", ld, ld["ray_vs_plain"]), (" (first pipeline of the session)", ld["cold"],
-                                                                ld["ray_vs_plain_cold"])]:
+    for label, runs, ratio in [
+        ("", ld, ld["ray_vs_plain"]),
+        (" (first pipeline of the session)", ld["cold"], ld["ray_vs_plain_cold"]),
+    ]:
         p, r = runs["torch_dataloader"], runs["ray_data"]
-        print(f"| triplets {ld['lattice']}, {n} in batches of {ld['batch_size']}{label} (triplets/s) | "
-              f"DataLoader: {p['triplets_per_s']:.0f} | Ray Data: {r['triplets_per_s']:.0f} | {ratio:.2f}x | "
-              ">= 0.8x and >= 1,000/s |")
+        print(
+            f"| triplets {ld['lattice']}, {n} in batches of {ld['batch_size']}{label} (triplets/s) | "
+            f"DataLoader: {p['triplets_per_s']:.0f} | Ray Data: {r['triplets_per_s']:.0f} | {ratio:.2f}x | "
+            ">= 0.8x and >= 1,000/s |"
+        )
     p, r = ld["torch_dataloader"], ld["ray_data"]
-    print(f"| same, steady state (after the first batch) | {p['steady_triplets_per_s']:.0f} | "
-          f"{r['steady_triplets_per_s']:.0f} | {ld['ray_vs_plain_steady']:.2f}x | |")
+    print(
+        f"| same, steady state (after the first batch) | {p['steady_triplets_per_s']:.0f} | "
+        f"{r['steady_triplets_per_s']:.0f} | {ld['ray_vs_plain_steady']:.2f}x | |"
+    )
     print(f"| time to the first batch (s) | {p['first_batch_s']:.2f} | {r['first_batch_s']:.2f} | | |")
 
 
 def main(path: str) -> None:
-    res = json.load(open(path))
+    res = json.loads(Path(path).read_text())
     if res.get("benchmark") == "data":
         data_table(res)
         return
     m = res["machine"]
-    print(f"Machine: {m['cpus']} CPUs ({m['cpu']}), torch threads {m['torch_threads']}, GPU: {m['gpu'] or 'none'}; "
-          f"{res['date']}; {res['model']}.\n")
+    print(
+        f"Machine: {m['cpus']} CPUs ({m['cpu']}), torch threads {m['torch_threads']}, GPU: {m['gpu'] or 'none'}; "
+        f"{res['date']}; {res['model']}.\n"
+    )
     print("| backend | lattice | ns / cell-step | cell-steps / s | x Brian2 cpp_standalone (1 thread) | warm-up s |")
     print("|---|---|---|---|---|---|")
     for r in res["rows"]:
         ratio = r["speedup_vs_brian2_cpp_standalone_1thread"]
-        print(f"| {r['backend']} | {r['lattice']} | {r['ns_per_cell_step']:.1f} | {r['cell_steps_per_s']:.3g} | "
-              f"{ratio:.2f} | {r['warmup_seconds']:.1f} |")
+        print(
+            f"| {r['backend']} | {r['lattice']} | {r['ns_per_cell_step']:.1f} | {r['cell_steps_per_s']:.3g} | "
+            f"{ratio:.2f} | {r['warmup_seconds']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -63,3 +63,10 @@ def test_power_law_fit_recovers_exponent():
     fit = fit_power_law(sizes)
     assert abs(fit["alpha"] - 2.5) < 0.25
     assert fit["loglik_ratio_vs_exponential"] > 0
+
+
+def test_a_silent_movie_has_no_events():
+    from raywave.waves.analysis import AnalysisSettings, analyze
+
+    stats, events, _ = analyze(np.full((5, 4, 4), 90.0, np.float32), AnalysisSettings())
+    assert stats["n_events"] == 0 and events == [] and stats["inter_event_interval_per_location_s"]["n"] == 0

@@ -143,6 +143,8 @@ def location_intervals(calcium: np.ndarray, events: list[dict], s: AnalysisSetti
     T = labels.shape[0]
     flat = labels.reshape(T, -1)
     t_idx, c_idx = np.nonzero(flat)
+    if not len(t_idx):  # no cell was ever active
+        return np.zeros(0)
     lab = flat[t_idx, c_idx]
     order = np.lexsort((t_idx, lab, c_idx))
     c_s, l_s, t_s = c_idx[order], lab[order], t_idx[order]
