@@ -38,6 +38,35 @@ VARIANTS: dict[str, RAFTSpec] = {
 }
 
 
+def check_pair(image1: torch.Tensor, image2: torch.Tensor, channels: int, corr_levels: int, who: str) -> None:
+    """Two (N, C, H, W) images of one shape, H and W multiples of 8, large enough for the pyramid."""
+    if image1.shape != image2.shape or image1.ndim != 4 or image1.shape[1] != channels:
+        raise RaywaveError(f"{who} takes two (N, {channels}, H, W) images of one shape, got {tuple(image1.shape)} "
+                           f"and {tuple(image2.shape)}")  # fmt: skip
+    h, w = image1.shape[-2:]
+    if h % 8 or w % 8:
+        raise RaywaveError(f"image size {h}x{w} is not a multiple of 8; pad it (e.g. to {-(-h // 8) * 8}x"
+                           f"{-(-w // 8) * 8})")  # fmt: skip
+    check_pyramid_size(h // 8, w // 8, corr_levels, what=f"an image of {h}x{w} px")
+
+
+def iterate_flow(update_block: nn.Module, corr_fn: CorrBlock, net: torch.Tensor, inp: torch.Tensor, iters: int,
+                 flow_init: torch.Tensor | None = None):  # fmt: skip
+    """RAFT's recurrence: yields (coords1 - coords0 at 1/8 resolution, full-resolution flow, hidden state)."""
+    n, _, h, w = net.shape
+    coords0 = coords_grid(n, h, w, device=net.device)
+    coords1 = coords_grid(n, h, w, device=net.device)
+    if flow_init is not None:
+        coords1 = coords1 + flow_init
+    for _ in range(iters):
+        coords1 = coords1.detach()
+        corr = corr_fn(coords1)
+        net, up_mask, delta = update_block(net, inp, corr, coords1 - coords0)
+        coords1 = coords1 + delta
+        flow = coords1 - coords0
+        yield flow, (upflow8(flow) if up_mask is None else convex_upsample(flow, up_mask)), net
+
+
 def upflow8(flow: torch.Tensor) -> torch.Tensor:
     """Bilinear 8x upsampling of a flow field, vectors scaled by 8 (RAFT-small)."""
     return 8 * F.interpolate(flow, size=(8 * flow.shape[2], 8 * flow.shape[3]), mode="bilinear", align_corners=True)
@@ -71,41 +100,26 @@ class RAFT(nn.Module):
             self.update_block = BasicUpdateBlock(s.corr_levels, s.corr_radius, hidden_dim=s.hidden_dim)
 
     def check_input(self, image1: torch.Tensor, image2: torch.Tensor) -> None:
-        if image1.shape != image2.shape or image1.ndim != 4 or image1.shape[1] != 3:
-            raise RaywaveError(f"RAFT takes two (N, 3, H, W) images of one shape, got {tuple(image1.shape)} and "
-                               f"{tuple(image2.shape)}")  # fmt: skip
-        h, w = image1.shape[-2:]
-        if h % 8 or w % 8:
-            raise RaywaveError(f"image size {h}x{w} is not a multiple of 8; pad it (e.g. to {-(-h // 8) * 8}x"
-                               f"{-(-w // 8) * 8})")  # fmt: skip
-        check_pyramid_size(h // 8, w // 8, self.spec.corr_levels, what=f"an image of {h}x{w} px")
+        check_pair(image1, image2, 3, self.spec.corr_levels, "RAFT")
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12,
                 flow_init: torch.Tensor | None = None, test_mode: bool = False):  # fmt: skip
         """Flow predictions at full resolution after every iteration, or (low-res flow, final flow) in test mode."""
         self.check_input(image1, image2)
+        if iters < 1:
+            raise RaywaveError(f"iters must be >= 1, got {iters}")
         s = self.spec
         image1 = (2 * (image1 / 255.0) - 1.0).contiguous()
         image2 = (2 * (image2 / 255.0) - 1.0).contiguous()
         fmap1, fmap2 = self.fnet([image1, image2])
         corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=s.corr_levels, radius=s.corr_radius)
         net, inp = torch.split(self.cnet(image1), [s.hidden_dim, s.context_dim], dim=1)
-        net, inp = torch.tanh(net), torch.relu(inp)
-        n, _, h, w = image1.shape
-        coords0 = coords_grid(n, h // 8, w // 8, device=image1.device)
-        coords1 = coords_grid(n, h // 8, w // 8, device=image1.device)
-        if flow_init is not None:
-            coords1 = coords1 + flow_init
-        predictions = []
-        for _ in range(iters):
-            coords1 = coords1.detach()
-            corr = corr_fn(coords1)
-            net, up_mask, delta = self.update_block(net, inp, corr, coords1 - coords0)
-            coords1 = coords1 + delta
-            flow_up = upflow8(coords1 - coords0) if up_mask is None else convex_upsample(coords1 - coords0, up_mask)
+        predictions, flow = [], None
+        for flow, flow_up, _ in iterate_flow(self.update_block, corr_fn, torch.tanh(net), torch.relu(inp), iters,
+                                             flow_init):  # fmt: skip
             predictions.append(flow_up)
         if test_mode:
-            return coords1 - coords0, flow_up
+            return flow, predictions[-1]
         return predictions
 
 
