@@ -13,7 +13,8 @@ from raywave.models.raft import RAFT, convex_upsample, load_official, sequence_l
 
 from .conftest import ROOT
 
-OFFICIAL = json.loads((ROOT.parent / "shared" / "design" / "raft-official-keys.json").read_text())
+# every key and shape of the released RAFT checkpoints (raft-things.pth, raft-small.pth), from the design notes
+OFFICIAL = json.loads((ROOT / "tests" / "data" / "raft-official-keys.json").read_text())
 COUNTS = {"basic": 5_257_536, "small": 990_162}
 
 

@@ -88,9 +88,8 @@ class NFP(nn.Module):
         fmap1, fmap2 = self.fnet([x1, x2])
         corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=self.corr_levels, radius=self.corr_radius)
         net, inp = torch.split(self.cnet(x1), [self.hidden_dim, self.context_dim], dim=1)
-        for _, flow_up, net_state in iterate_flow(self.update_block, corr_fn, torch.tanh(net), torch.relu(inp),
-                                                   iters or self.iters):  # fmt: skip
-            pass
+        *_, (_, flow_up, net_state) = iterate_flow(self.update_block, corr_fn, torch.tanh(net), torch.relu(inp),
+                                                   iters or self.iters)  # fmt: skip
         pred = backward_warp(i2, -flow_up) + self.decoder(net_state)
         return pred, flow_up
 

@@ -114,13 +114,10 @@ class RAFT(nn.Module):
         fmap1, fmap2 = self.fnet([image1, image2])
         corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=s.corr_levels, radius=s.corr_radius)
         net, inp = torch.split(self.cnet(image1), [s.hidden_dim, s.context_dim], dim=1)
-        predictions, flow = [], None
-        for flow, flow_up, _ in iterate_flow(self.update_block, corr_fn, torch.tanh(net), torch.relu(inp), iters,
-                                             flow_init):  # fmt: skip
-            predictions.append(flow_up)
+        steps = list(iterate_flow(self.update_block, corr_fn, torch.tanh(net), torch.relu(inp), iters, flow_init))
         if test_mode:
-            return flow, predictions[-1]
-        return predictions
+            return steps[-1][0], steps[-1][1]
+        return [flow_up for _, flow_up, _ in steps]
 
 
 def sequence_loss(predictions: list[torch.Tensor], flow_gt: torch.Tensor, valid: torch.Tensor,

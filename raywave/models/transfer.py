@@ -1,12 +1,11 @@
 """Transfer strategies: NFP encoder weights into a stock RAFT, then what trains and how BatchNorm behaves.
 
-| strategy            | copied from NFP      | trainable in OFE                                  | BatchNorm                 |
-|---------------------|----------------------|---------------------------------------------------|---------------------------|
-| scratch             | nothing              | everything                                        | train mode                |
-| finetune            | fnet.*, cnet.*       | everything                                        | train mode                |
-| freeze_encoder_bn   | fnet.*, cnet.*       | all but encoder weights and BN affine parameters  | eval mode (stats frozen)  |
-| freeze_encoder      | fnet.*, cnet.*       | all but encoder conv/norm weights                 | running stats keep updating |
-| freeze_bn           | fnet.*, cnet.*       | all but BN affine parameters                      | eval mode                 |
+strategy           copied from NFP   trainable in OFE                                   BatchNorm
+scratch            nothing           everything                                         train mode
+finetune           fnet.*, cnet.*    everything                                         train mode
+freeze_encoder_bn  fnet.*, cnet.*    all but encoder weights and BN affine parameters   eval (stats frozen)
+freeze_encoder     fnet.*, cnet.*    all but encoder conv/norm weights                  stats keep updating
+freeze_bn          fnet.*, cnet.*    all but BN affine parameters                       eval (stats frozen)
 
 Unlike RAFT's own `freeze_bn()` (which `model.train()` undoes), BatchNorm layers put in eval mode here stay in
 eval mode across `train()`/`eval()` switches. Only RAFT basic's context encoder has BatchNorm: on RAFT-small
@@ -43,8 +42,9 @@ class TransferReport:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        notes = "".join(f"; {n}" for n in self.notes)
         return (f"{self.strategy}: copied {len(self.copied)} tensors, froze {len(self.frozen)} parameters, "
-                f"{len(self.bn_eval)} BatchNorm layers held in eval mode" + "".join(f"; {n}" for n in self.notes))  # fmt: skip
+                f"{len(self.bn_eval)} BatchNorm layers held in eval mode{notes}")  # fmt: skip
 
 
 def load_nfp_state(source: str | Path | dict) -> dict[str, torch.Tensor]:
@@ -105,9 +105,8 @@ def apply_strategy(raft: nn.Module, strategy: str, nfp_state: str | Path | dict 
                                "freeze_encoder_bn is the same as freeze_encoder"))  # fmt: skip
     bn_params = {f"{n}.{p}" for n in bns for p in ("weight", "bias")}
     for name, p in raft.named_parameters():
-        freeze = (
-            (strategy in ("freeze_encoder_bn", "freeze_encoder") and _is_encoder(name))
-            or (strategy in ("freeze_encoder_bn", "freeze_bn") and name in bn_params)
+        freeze = (strategy in ("freeze_encoder_bn", "freeze_encoder") and _is_encoder(name)) or (
+            strategy in ("freeze_encoder_bn", "freeze_bn") and name in bn_params
         )
         if freeze:
             p.requires_grad_(False)
