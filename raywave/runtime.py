@@ -13,12 +13,6 @@ from collections.abc import Iterator
 from raywave.errors import RaywaveError
 
 
-def ray_is_running() -> bool:
-    import ray
-
-    return ray.is_initialized()
-
-
 @contextlib.contextmanager
 def ray_session(
     address: str | None = None,

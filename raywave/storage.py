@@ -36,14 +36,6 @@ class Location:
     def join(self, *parts: str) -> str:
         return posixpath.join(self.path, *parts)
 
-    def child(self, *parts: str) -> Location:
-        return Location(self.fs, self.join(*parts), posixpath.join(self.uri, *parts))
-
-    def local_path(self) -> Path:
-        if not self.is_local:
-            raise RaywaveError(f"{self.uri} is not on a local file system")
-        return Path(self.path)
-
 
 def resolve(uri: str | Path) -> Location:
     """A Location for a local path or URI; an unknown scheme is one clear error."""
@@ -107,7 +99,7 @@ def read_json(loc: Location, rel: str) -> Any:
         raw = read_bytes(loc, rel)
     except FileNotFoundError:
         raise
-    except OSError as exc:
+    except OSError as exc:  # some file systems report a missing object as a generic OSError
         if "not found" in str(exc).lower() or "no such file" in str(exc).lower():
             raise FileNotFoundError(loc.join(rel)) from None
         raise RaywaveError(f"cannot read {loc.join(rel)}: {exc}") from None
@@ -115,12 +107,6 @@ def read_json(loc: Location, rel: str) -> Any:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
         raise RaywaveError(f"{posixpath.join(loc.uri, rel)} is corrupt ({exc})") from None
-
-
-def delete_tree(loc: Location, rel: str) -> None:
-    path = loc.join(rel)
-    if loc.fs.get_file_info(path).type != pafs.FileType.NotFound:
-        loc.fs.delete_dir(path)
 
 
 def remove_stale_temps(loc: Location, rel: str) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 from raywave.data.rw_dataset import DATASET_FORMAT, MANIFEST, RWDataset, sim_dir, write_frames
 from raywave.data.sweep_config import SimSpec
 from raywave.provenance import code_version
-from raywave.storage import Location, exists, remove_stale_temps, write_json
+from raywave.storage import Location, exists, read_json, remove_stale_temps, write_json
 from raywave.waves.analysis import analyze
 from raywave.waves.report import settings_for
 from raywave.waves.simulate import simulate
@@ -128,8 +128,6 @@ def import_movie(
 ) -> dict[str, Any]:
     """Add a calcium movie (n, H, W) in nM that was not simulated here (a recording, a test pattern) as a
     float32 simulation of the dataset, with the same files and manifest as a generated one."""
-    from raywave.storage import read_json
-
     movie = np.asarray(calcium_nM, np.float32)
     if movie.ndim != 3 or not movie.shape[0]:
         raise ValueError(f"a movie is (frames, height, width) with frames >= 1, got {movie.shape}")

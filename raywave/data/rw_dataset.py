@@ -190,6 +190,3 @@ class RWDataset:
         order = [s for s in info.get("simulations", []) if s in committed]
         order += sorted(committed - set(order))
         return [self.simulation(s) for s in order]
-
-    def frame_files(self) -> list[str]:
-        return [s.frames_path for s in self.simulations()]
