@@ -128,12 +128,15 @@ def to_tensors(item: dict[str, np.ndarray]) -> dict:
     """(3, H, W) float images 0-255, (2, H, W) flow, (H, W) valid/occluded, as torch tensors."""
     import torch
 
+    def t(a: np.ndarray):
+        return torch.from_numpy(a if a.flags.writeable and a.flags.c_contiguous else np.array(a))
+
     out = {
-        "img1": torch.from_numpy(np.ascontiguousarray(item["img1"])).permute(2, 0, 1).float(),
-        "img2": torch.from_numpy(np.ascontiguousarray(item["img2"])).permute(2, 0, 1).float(),
-        "flow": torch.from_numpy(np.ascontiguousarray(item["flow"])).permute(2, 0, 1).float(),
-        "valid": torch.from_numpy(np.ascontiguousarray(item["valid"])).float(),
+        "img1": t(item["img1"]).permute(2, 0, 1).float(),
+        "img2": t(item["img2"]).permute(2, 0, 1).float(),
+        "flow": t(item["flow"]).permute(2, 0, 1).float(),
+        "valid": t(item["valid"]).float(),
     }
     if "occluded" in item:
-        out["occluded"] = torch.from_numpy(np.ascontiguousarray(item["occluded"]))
+        out["occluded"] = t(item["occluded"])
     return out
