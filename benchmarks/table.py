@@ -39,10 +39,25 @@ def data_table(res: dict) -> None:
     print(f"| time to the first batch (s) | {p['first_batch_s']:.2f} | {r['first_batch_s']:.2f} | | |")
 
 
+def raft_table(res: dict) -> None:
+    m = res["machine"]
+    print(f"Machine: {m['cpus']} CPUs ({m['cpu']}), torch threads {m['torch_threads']}, GPU: {m['gpu'] or 'none'}; "
+          f"torch {res['torch']}; device {res['device']}; {res['date']}.\n")
+    print("| variant | mode | dtype | size x batch | iterations | s | peak MiB | reference s (design notes) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in res["rows"]:
+        ref = r.get("reference_cpu_s_from_design_notes", "-")
+        print(f"| {r['variant']} | {r['mode']} | {r['dtype']} | {r['size']} x {r['batch']} | {r['iters']} | "
+              f"{r['seconds']:.2f} | {r['peak_memory_mib']:.0f} | {ref} |")
+
+
 def main(path: str) -> None:
     res = json.loads(Path(path).read_text())
     if res.get("benchmark") == "data":
         data_table(res)
+        return
+    if res.get("benchmark") == "raft":
+        raft_table(res)
         return
     m = res["machine"]
     print(

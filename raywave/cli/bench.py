@@ -109,3 +109,40 @@ def data(
               f"DataLoader: {cold['torch_dataloader']['triplets_per_s']:.0f}",
               f"Ray Data: {cold['ray_data']['triplets_per_s']:.0f}", f"{ld['ray_vs_plain_cold']:.2f}x", "")  # fmt: skip
     Console(width=max(Console().width, 140)).print(t)
+
+
+@app.command()
+def raft(
+    device: str = typer.Option("cpu", help="cpu or cuda (cuda also times bf16 autocast against fp32)"),
+    repeats: int = typer.Option(2, help="timed repetitions per measurement (the fastest is reported)"),
+    height: int = typer.Option(368, help="image height"),
+    width: int = typer.Option(496, help="image width"),
+    save: Path = typer.Option(None, help="write the results JSON here (e.g. benchmarks/results/raft-cpu.json)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+) -> None:
+    """Train-step (batch 2, 12 iterations) and eval (24 iterations) time and peak memory of RAFT small and basic."""
+    from raywave.bench.raft import run_benchmark
+
+    if repeats < 1 or height % 8 or width % 8 or min(height, width) < 128:
+        raise ConfigError("--repeats >= 1; --height and --width multiples of 8 and >= 128")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
+    console = Console(stderr=True)
+    result = run_benchmark(device, repeats, (height, width), log=None if as_json else console.log)
+    if save:
+        write_json_atomic(save, result)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    t = Table(title=f"RAFT benchmark on {device} ({result['machine']['cpu']}, gpu: {result['machine']['gpu']})")
+    for col in ("variant", "mode", "dtype", "size x batch", "iters", "s", "peak MiB", "reference s", "vs fp32"):
+        t.add_column(col, justify="right")
+    for r in result["rows"]:
+        ref = r.get("reference_cpu_s_from_design_notes")
+        t.add_row(r["variant"], r["mode"], r["dtype"], f"{r['size']} x {r['batch']}", str(r["iters"]),
+                  f"{r['seconds']:.2f}", f"{r['peak_memory_mib']:.0f}", f"{ref:g}" if ref else "-",
+                  f"{r['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in r else "-")  # fmt: skip
+    Console(width=max(Console().width, 120)).print(t)

@@ -1,0 +1,16 @@
+"""`raywave bench raft` end to end at the smallest size RAFT accepts, with --json."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_bench_raft_json(cli):
+    res = cli("bench", "raft", "--height", "128", "--width", "128", "--repeats", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    rows = {(r["variant"], r["mode"]) for r in out["rows"]}
+    assert rows == {("small", "train"), ("small", "eval"), ("basic", "train"), ("basic", "eval")}
+    assert all(r["seconds"] > 0 and r["peak_memory_mib"] > 50 for r in out["rows"])
+    bad = cli("bench", "raft", "--height", "100")
+    assert bad.returncode == 2 and "multiples of 8" in bad.stderr
