@@ -49,20 +49,9 @@ class TransferReport:
 
 def load_nfp_state(source: str | Path | dict) -> dict[str, torch.Tensor]:
     """An NFP state dict from a dict, a torch checkpoint file, or a checkpoint directory (model.pt inside)."""
-    if isinstance(source, dict):
-        state = source
-    else:
-        path = Path(source)
-        if path.is_dir():
-            path = path / "model.pt"
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise RaywaveError(f"NFP checkpoint {str(path)!r} does not exist") from None
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
-            raise RaywaveError(f"NFP checkpoint {str(path)!r} is unreadable or corrupt ({exc})") from None
-    state = state.get("model", state) if isinstance(state, dict) else state
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    from raywave.models.checkpoint import model_state, read_checkpoint
+
+    return model_state(source if isinstance(source, dict) else read_checkpoint(source, "NFP checkpoint"))
 
 
 def _is_encoder(name: str) -> bool:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from raywave.data.flow_datasets import FlowDataset, to_tensors
 from raywave.errors import RaywaveError
+from raywave.models.checkpoint import model_state, read_checkpoint
 from raywave.models.raft import RAFT, load_official
 from raywave.ofe.metrics import combine, flow_metrics
 
@@ -36,16 +37,9 @@ class InputPadder:
 
 def load_raft(checkpoint: str | Path, variant: str) -> RAFT:
     """A RAFT with an official release's weights or a raywave checkpoint ({"model": state_dict, ...})."""
-    path = Path(checkpoint)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise RaywaveError(f"checkpoint {str(path)!r} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
-        raise RaywaveError(f"checkpoint {str(path)!r} is unreadable or corrupt ({exc})") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        variant = state.get("variant", variant)
-        state = state["model"]
+    obj = read_checkpoint(checkpoint)
+    variant = obj.get("variant", variant) if isinstance(obj.get("model"), dict) else variant
+    state = model_state(obj)
     model = RAFT(variant)
     load_official(model, state)
     return model.eval()
