@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from raywave.errors import RaywaveError
+from raywave.models.checkpoint import model_state, read_checkpoint
 
 STRATEGIES = ("scratch", "finetune", "freeze_encoder_bn", "freeze_encoder", "freeze_bn")
 ENCODERS = ("fnet.", "cnet.")
@@ -49,8 +50,6 @@ class TransferReport:
 
 def load_nfp_state(source: str | Path | dict) -> dict[str, torch.Tensor]:
     """An NFP state dict from a dict, a torch checkpoint file, or a checkpoint directory (model.pt inside)."""
-    from raywave.models.checkpoint import model_state, read_checkpoint
-
     return model_state(source if isinstance(source, dict) else read_checkpoint(source, "NFP checkpoint"))
 
 
