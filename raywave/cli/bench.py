@@ -15,6 +15,15 @@ from raywave.io import write_json_atomic
 app = typer.Typer(help="Benchmarks: this project against its baseline in the same run.", no_args_is_help=True)
 
 
+def _emit(result: dict, save: Path | None, as_json: bool) -> bool:
+    """Save the results if asked; with --json print them as one object and return True (no table)."""
+    if save:
+        write_json_atomic(save, result)
+    if as_json:
+        typer.echo(json.dumps(result))
+    return as_json
+
+
 @app.command()
 def waves(
     sizes: str = typer.Option("32,64,128", help="comma-separated square lattice sides"),
@@ -46,10 +55,7 @@ def waves(
     result = run_benchmark(size_list, chosen, max_frames, log=None if as_json else console.log)
     if poster:
         result["poster_run"] = poster_run(device)
-    if save:
-        write_json_atomic(save, result)
-    if as_json:
-        typer.echo(json.dumps(result))
+    if _emit(result, save, as_json):
         return
     t = Table(title=f"waves benchmark ({result['machine']['cpus']} CPUs, gpu: {result['machine']['gpu']})")
     for col in ("backend", "lattice", "ns/cell-step", "cell-steps/s", "x brian2 cpp (1 thread)", "warm-up s"):
@@ -84,10 +90,7 @@ def data(
     console = Console(stderr=True)
     result = run_benchmark(sweep_size, sweep_duration_s, sweep_sims, load_size, 4, load_duration_s, epochs,
                            batch_size, log=None if as_json else console.log)  # fmt: skip
-    if save:
-        write_json_atomic(save, result)
-    if as_json:
-        typer.echo(json.dumps(result))
+    if _emit(result, save, as_json):
         return
     s, ld = result["sweep"], result["loading"]
     t = Table(title=f"data benchmark ({result['machine']['cpus']} CPUs: {result['machine']['cpu']})")
@@ -132,10 +135,7 @@ def raft(
             raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
     console = Console(stderr=True)
     result = run_benchmark(device, repeats, (height, width), log=None if as_json else console.log)
-    if save:
-        write_json_atomic(save, result)
-    if as_json:
-        typer.echo(json.dumps(result))
+    if _emit(result, save, as_json):
         return
     t = Table(title=f"RAFT benchmark on {device} ({result['machine']['cpu']}, gpu: {result['machine']['gpu']})")
     for col in ("variant", "mode", "dtype", "size x batch", "iters", "s", "peak MiB", "reference s", "vs fp32"):

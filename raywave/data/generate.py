@@ -73,14 +73,18 @@ def generate_one(
     dtype = np.dtype(meta["dtype"])
     times0, dt_frame = run_man["first_frame_time_s"], cfg.frame_interval_ms / 1000.0
 
+    stored: list[np.ndarray] = []  # kept for the statistics below, so the frames are read from disk once
+
     def chunks():
         for first, raw in store.iter_stored("C", verify=True, man=run_man):
+            stored.append(raw)
             yield first, times0 + np.arange(first, first + len(raw)) * dt_frame, raw
 
     file_meta = {"sim_id": spec.sim_id, "calcium_offset": meta["offset"], "calcium_scale": meta["scale"],
                  "fingerprint": cfg.fingerprint()}  # fmt: skip
     frames_entry = write_frames(dataset, spec.sim_id, chunks(), (cfg.height, cfg.width), dtype, file_meta)
-    calcium = store.frames("C")
+    raw = np.concatenate(stored) if stored else np.zeros((0, cfg.height, cfg.width), dtype)
+    calcium = (meta["offset"] + meta["scale"] * raw.astype(np.float32)).astype(np.float32)
     settings = settings_for(store)
     stats = analyze(calcium, settings)[0] if compute_stats else None
     manifest = {
