@@ -36,3 +36,11 @@ def ray_local():
                  log_to_driver=False)  # fmt: skip
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fly_connectome():
+    """The published connectome, compiled once per session (spec fetched from the flyvis wheel and cached)."""
+    from raywave.fly import connectome
+
+    return connectome.load()

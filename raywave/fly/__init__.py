@@ -1,0 +1,1 @@
+"""The connectome-constrained fly visual-system network: connectome, hex lattice, dynamics, eye, decoder, task."""

@@ -1,0 +1,145 @@
+"""The connectome-constrained network: shared parameters, initial states, simulation and training forward.
+
+    tau_t dV/dt = -V + V_rest,t + sum_e sign_e · n_syn_e · strength_pair(e) · ReLU(V_src(e)) + x(t)
+
+Free parameters (734 for the published connectome): a resting potential and a time constant per cell type and a
+non-negative synapse strength per type pair. Fixed: the sign per type pair and the synapse count per (type pair,
+du, dv) group. The stimulus adds the same luminance to all photoreceptor (input) types at a column.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from raywave.errors import RaywaveError
+from raywave.fly.connectome import Connectome
+from raywave.fly.dynamics import SparseStructure, integrate
+
+INIT = {"v_rest_mean": 0.5, "v_rest_std": 0.05, "tau": 0.05, "strength_scale": 0.01}
+
+
+class FlyNetwork(nn.Module):
+    """The network on a compiled connectome. Parameters are drawn from `seed` (one model per seed)."""
+
+    def __init__(self, connectome: Connectome, seed: int = 0):
+        super().__init__()
+        self.connectome = c = connectome
+        g = torch.Generator().manual_seed(seed)
+        n_types, n_pairs = len(c.types), len(c.pair_src)
+        self.v_rest = nn.Parameter(INIT["v_rest_mean"] + INIT["v_rest_std"] * torch.randn(n_types, generator=g))
+        self.tau = nn.Parameter(torch.full((n_types,), INIT["tau"]))
+        mean_n = np.bincount(c.edge_type, weights=c.edge_n_syn, minlength=n_pairs) / np.bincount(
+            c.edge_type, minlength=n_pairs
+        )
+        self.strength = nn.Parameter(torch.from_numpy(INIT["strength_scale"] / mean_n).float())
+        # fixed parameters
+        self.register_buffer("sign", torch.from_numpy(c.pair_sign).float())
+        self.register_buffer("n_syn", torch.from_numpy(c.group_n_syn).float())
+        self.structure = SparseStructure.build(c.edge_src, c.edge_tar, c.n_nodes)
+        order = self.structure.order.numpy()
+        self.register_buffer("csr_group", torch.from_numpy(c.edge_group[order]))
+        self.register_buffer("csr_pair", torch.from_numpy(c.edge_type[order]))
+        self.register_buffer("node_type", torch.from_numpy(c.node_type))
+        inputs = np.concatenate([c.nodes_of(t) for t in c.input_types])
+        self.register_buffer("input_index", torch.from_numpy(inputs))
+        self.n_columns = len(c.nodes_of(c.input_types[0]))
+
+    # -- parameters -----------------------------------------------------------------------------------
+    def _apply(self, fn, *args, **kwargs):  # keep the (non-buffer) sparse structure on the module's device
+        out = super()._apply(fn, *args, **kwargs)
+        self.structure = self.structure.to(self.v_rest.device)
+        return out
+
+    @property
+    def n_free(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def n_fixed(self) -> int:
+        return self.sign.numel() + self.n_syn.numel()
+
+    def edge_weights(self) -> torch.Tensor:
+        """Per-edge weights sign · n_syn · strength in CSR order (differentiable in the strengths)."""
+        return self.sign[self.csr_pair] * self.n_syn[self.csr_group] * self.strength[self.csr_pair]
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Project parameters onto their domain after an optimizer step: strengths ≥ 0."""
+        self.strength.clamp_(min=0)
+
+    # -- dynamics -------------------------------------------------------------------------------------
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.n_columns:
+            raise RaywaveError(
+                f"stimulus must have shape (batch, frames, {self.n_columns} columns), got "
+                f"{tuple(x.shape)}; render frames with `raywave fly render` or the BoxEye"
+            )
+
+    def resting_state(self, batch: int) -> torch.Tensor:
+        """(batch, N): every neuron at its type's resting potential."""
+        return self.v_rest[self.node_type].unsqueeze(0).expand(batch, -1).clone()
+
+    def forward(self, x: torch.Tensor, dt: float, state: torch.Tensor | None = None) -> torch.Tensor:
+        """Voltages (batch, frames, N) after each stimulus frame x (batch, frames, columns), from `state`."""
+        self._check(x)
+        batch, steps, _ = x.shape
+        v0 = self.resting_state(batch) if state is None else state
+        a = (dt / torch.clamp(self.tau, min=dt))[self.node_type].unsqueeze(1)
+        b = self.v_rest[self.node_type].unsqueeze(1)
+        n_in = len(self.input_index) // self.n_columns
+        x_in = x.permute(1, 2, 0).repeat(1, n_in, 1)  # (T, M, B), same luminance for every input type
+        out = integrate(
+            self.edge_weights(), a, b, x_in.to(v0.dtype), v0.T.contiguous(), self.structure, self.input_index
+        )
+        return out.transpose(0, 1)
+
+    def steady_state(
+        self, batch: int, dt: float, t_pre: float = 0.5, value: float = 0.5, grad: bool = False
+    ) -> torch.Tensor:
+        """State after t_pre seconds of uniform grey `value`, from rest (no gradient unless `grad`)."""
+        steps = int(round(t_pre / dt))
+        if steps <= 0:
+            return self.resting_state(batch)
+        x = torch.full((batch, steps, self.n_columns), value, dtype=self.v_rest.dtype, device=self.v_rest.device)
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return self(x, dt)[:, -1]
+
+    def fade_in_state(
+        self, first_frame: torch.Tensor, dt: float, t_fade: float = 0.5, grad: bool = False
+    ) -> torch.Tensor:
+        """State after the first frame (batch, columns) faded in from grey: contrast ramps 0 -> 1 over t_fade."""
+        steps = int(round(t_fade / dt))
+        if steps <= 0:
+            return self.resting_state(first_frame.shape[0])
+        ramp = torch.linspace(0, 1, steps, dtype=first_frame.dtype, device=first_frame.device)
+        x = 0.5 + ramp[None, :, None] * (first_frame[:, None, :] - 0.5)
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return self(x, dt)[:, -1]
+
+    def initial_state(self, x: torch.Tensor, dt: float, mode: str = "steady", t_pre: float = 0.5) -> torch.Tensor:
+        if mode == "steady":
+            return self.steady_state(x.shape[0], dt, t_pre)
+        if mode == "fade":
+            return self.fade_in_state(x[:, 0], dt, t_pre)
+        if mode == "rest":
+            return self.resting_state(x.shape[0])
+        raise RaywaveError(f"unknown initial state {mode!r}; use steady, fade or rest")
+
+    @torch.no_grad()
+    def simulate(self, x: torch.Tensor, dt: float, initial: str = "steady", t_pre: float = 0.5) -> torch.Tensor:
+        """Voltages (batch, frames, N) for analysis (no gradient), from a steady, fade-in or resting state."""
+        self._check(x)
+        return self(x, dt, self.initial_state(x, dt, initial, t_pre))
+
+    # -- read-out -------------------------------------------------------------------------------------
+    def responses(self, voltages: torch.Tensor, cell_type: str, central: bool = False) -> torch.Tensor:
+        """A type's voltages (..., columns) — or its central column's (...) — from (..., N) voltages."""
+        if central:
+            return voltages[..., self.connectome.central_node(cell_type)]
+        return voltages[..., torch.from_numpy(self.connectome.nodes_of(cell_type)).to(voltages.device)]
+
+    def output_index(self) -> torch.Tensor:
+        """(n_output_types, columns) node indices of the output types (decoder input)."""
+        return torch.from_numpy(np.stack([self.connectome.nodes_of(t) for t in self.connectome.output_types]))
