@@ -51,6 +51,19 @@ def raft_table(res: dict) -> None:
               f"{r['seconds']:.2f} | {r['peak_memory_mib']:.0f} | {ref} |")
 
 
+def fly_table(res: dict) -> None:
+    m = res["machine"]
+    print(f"Machine: {m['cpus']} CPUs ({m['cpu']}), torch threads {m['torch_threads']}, GPU: {m['gpu'] or 'none'}; "
+          f"torch {res['torch']}; device {res['device']}; {res['date']}.\n")
+    print("| mode | implementation | batch x steps | s | peak MiB | speed-up vs per-edge | max rel. diff |")
+    print("|---|---|---|---|---|---|---|")
+    for r in res["rows"]:
+        up = f"{r['speedup_vs_per_edge']:.1f}x" if "speedup_vs_per_edge" in r else "-"
+        diff = r.get("max_rel_grad_diff") or r.get("max_rel_voltage_diff")
+        print(f"| {r['mode']} | {r['impl']} | {r['batch']} x {r['steps']} | {r['seconds']:.3f} | "
+              f"{r['peak_memory_mib']:.0f} | {up} | {f'{diff:.1e}' if diff is not None else '-'} |")
+
+
 def main(path: str) -> None:
     res = json.loads(Path(path).read_text())
     if res.get("benchmark") == "data":
@@ -58,6 +71,9 @@ def main(path: str) -> None:
         return
     if res.get("benchmark") == "raft":
         raft_table(res)
+        return
+    if res.get("benchmark") == "fly":
+        fly_table(res)
         return
     m = res["machine"]
     print(

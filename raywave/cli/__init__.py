@@ -10,6 +10,7 @@ from rich.console import Console
 from raywave.cli.bench import app as bench_app
 from raywave.cli.data import app as data_app
 from raywave.cli.doctor import doctor
+from raywave.cli.fly import app as fly_app
 from raywave.cli.ofe import app as ofe_app
 from raywave.cli.waves import app as waves_app
 from raywave.errors import RaywaveError
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.add_typer(waves_app, name="waves")
 app.add_typer(data_app, name="data")
 app.add_typer(ofe_app, name="ofe")
+app.add_typer(fly_app, name="fly")
 app.add_typer(bench_app, name="bench")
 app.command("doctor")(doctor)
 

@@ -146,3 +146,38 @@ def raft(
                   f"{r['seconds']:.2f}", f"{r['peak_memory_mib']:.0f}", f"{ref:g}" if ref else "-",
                   f"{r['speedup_vs_fp32']:.2f}x" if "speedup_vs_fp32" in r else "-")  # fmt: skip
     Console(width=max(Console().width, 120)).print(t)
+
+
+@app.command()
+def fly(
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    batch: int = typer.Option(4, help="batch size"),
+    steps: int = typer.Option(40, help="Euler steps (40 = 19 frames at 24 fps resampled to dt 0.02 s)"),
+    repeats: int = typer.Option(2, help="timed repetitions per measurement (the fastest is reported)"),
+    save: Path = typer.Option(None, help="write the results JSON here (e.g. benchmarks/results/fly-cpu.json)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+) -> None:
+    """Fly network forward and forward+decoder+backward: sparse product + adjoint vs the per-edge scatter baseline."""
+    from raywave.bench.fly import run_benchmark
+
+    if repeats < 1 or batch < 1 or steps < 1:
+        raise ConfigError("--repeats, --batch and --steps must be >= 1")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
+    console = Console(stderr=True)
+    result = run_benchmark(device, batch, steps, repeats, log=None if as_json else console.log)
+    if _emit(result, save, as_json):
+        return
+    t = Table(title=f"fly network benchmark on {device} ({result['machine']['cpu']}, gpu: {result['machine']['gpu']})")
+    for col in ("mode", "implementation", "batch x steps", "s", "peak MiB", "speed-up", "max rel diff"):
+        t.add_column(col, justify="right")
+    for r in result["rows"]:
+        diff = r.get("max_rel_grad_diff") or r.get("max_rel_voltage_diff")
+        t.add_row(r["mode"], r["impl"], f"{r['batch']} x {r['steps']}", f"{r['seconds']:.3f}",
+                  f"{r['peak_memory_mib']:.0f}",
+                  f"{r['speedup_vs_per_edge']:.1f}x" if "speedup_vs_per_edge" in r else "-",
+                  f"{diff:.1e}" if diff is not None else "-")  # fmt: skip
+    Console(width=max(Console().width, 120)).print(t)

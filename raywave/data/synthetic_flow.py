@@ -157,14 +157,18 @@ def _final_pass(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_sintel(root: str | Path, scenes: list[str] | int = 3, frames: int = 4, h: int = 436 // 2,
-                 w: int = 1024 // 2, seed: int = 0) -> Path:  # fmt: skip
+                 w: int = 1024 // 2, seed: int = 0, n_layers: int | None = None,
+                 max_shift: float = 4.0) -> Path:  # fmt: skip
     """An MPI-Sintel-layout tree under root/training: clean/ and final/ frames (frame_0001.png ...), flow/,
-    occlusions/, invalid/ and depth/ for every frame but the last of each scene."""
+    occlusions/, invalid/ and depth/ for every frame but the last of each scene. Each scene has `n_layers`
+    moving shapes over a moving background (2-5 at random when None); the background moves by up to half of
+    `max_shift` px per frame, the shapes by up to `max_shift`."""
     root = Path(root) / "training"
     names = [f"scene_{i + 1}" for i in range(scenes)] if isinstance(scenes, int) else list(scenes)
     for si, scene in enumerate(names):
         rng = np.random.default_rng([seed, 1000 + si])
-        layers = make_scene(rng, h, w, n_layers=int(rng.integers(2, 6)), max_shift=4.0)
+        n = int(rng.integers(2, 6)) if n_layers is None else n_layers
+        layers = make_scene(rng, h, w, n_layers=n, max_shift=max_shift)
         for k in range(frames):
             img, _ = render(layers, h, w, k)
             name = f"frame_{k + 1:04d}"

@@ -66,57 +66,55 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, n: int) ->
 
 
 class _Integrate(torch.autograd.Function):
-    """Euler integration over T steps; inputs in (N, ...) layout, output (T, B, N)."""
+    """Euler integration over T steps in (N, B) layout; returns the states after each step, (T, N, B)."""
 
     @staticmethod
     def forward(ctx, csr_values, a, b, x, v0, structure: SparseStructure, input_index):
         # a, b: (N, 1); x: (T, M, B) stimulus for the M input neurons; v0: (N, B)
-        steps, batch = x.shape[0], v0.shape[1]
+        steps = x.shape[0]
         w = structure.matrix(csr_values)
-        v = v0
-        out = v0.new_empty(steps, batch, structure.n)
-        rect = v0.new_empty(structure.n, steps * batch)  # relu(V[k]) for the SDDMM
-        drive = v0.new_empty(steps, structure.n, batch)  # -V + b + W relu(V) + x, for the gradient of a
-        states = v0.new_empty(steps, structure.n, batch)  # V[k]
+        states = v0.new_empty(steps + 1, *v0.shape)  # V[0..T]
+        rect = v0.new_empty(steps, *v0.shape)  # relu(V[k]), for the SDDMM and relu'
+        drive = v0.new_empty(steps, *v0.shape)  # -V + b + W relu(V) + x, for the gradient of a
+        states[0] = v0
         for k in range(steps):
-            r = torch.relu(v)
-            d = torch.mm(w, r) - v + b
-            d.index_add_(0, input_index, x[k])
-            states[k] = v
-            rect[:, k * batch : (k + 1) * batch] = r
-            drive[k] = d
-            v = v + a * d
-            out[k] = v.T
+            torch.clamp_min(states[k], 0, out=rect[k])
+            d = drive[k]
+            torch.mm(w, rect[k], out=d)
+            d.sub_(states[k]).add_(b).index_add_(0, input_index, x[k])
+            torch.addcmul(states[k], a, d, out=states[k + 1])
         ctx.structure, ctx.input_index = structure, input_index
-        ctx.save_for_backward(csr_values, a, states, rect, drive)
-        return out
+        ctx.save_for_backward(csr_values, a, rect, drive)
+        return states[1:]
 
     @staticmethod
     def backward(ctx, g_out):
-        csr_values, a, states, rect, drive = ctx.saved_tensors
+        csr_values, a, rect, drive = ctx.saved_tensors
         structure: SparseStructure = ctx.structure
-        steps, n, batch = states.shape
+        steps, n, batch = rect.shape
         wt = structure.transpose(csr_values)
         need_w, need_a, need_b, need_x, need_v0 = ctx.needs_input_grad[:5]
-        mu_all = states.new_empty(n, steps * batch)
-        grad_a = torch.zeros_like(a)
-        grad_x = states.new_empty(steps, len(ctx.input_index), batch) if need_x else None
-        lam = torch.zeros(n, batch, dtype=states.dtype, device=states.device)
+        mu = torch.empty_like(rect)  # a * dL/dV[k+1] for every step
+        one_minus_a = 1 - a
+        lam = torch.zeros_like(rect[0])
         for k in range(steps - 1, -1, -1):
-            lam = lam + g_out[k].T  # dL/dV[k+1], total
-            mu = a * lam
-            mu_all[:, k * batch : (k + 1) * batch] = mu
-            if need_a:
-                grad_a += (lam * drive[k]).sum(1, keepdim=True)
-            if need_x:
-                grad_x[k] = mu[ctx.input_index]
-            lam = (1 - a) * lam + (states[k] > 0).to(lam.dtype) * torch.mm(wt, mu)
-        grad_values = None
+            lam.add_(g_out[k])  # dL/dV[k+1], total
+            torch.mul(a, lam, out=mu[k])
+            back = torch.mm(wt, mu[k]).mul_(rect[k] > 0)
+            lam = torch.addcmul(back, lam, one_minus_a)
+        grad_values = grad_a = grad_b = grad_x = None
         if need_w:
             pattern = structure.matrix(torch.zeros_like(csr_values))
-            grad_values = torch.sparse.sampled_addmm(pattern, mu_all, rect.T, beta=0.0).values()
-        grad_b = mu_all.view(n, steps, batch).sum((1, 2)).unsqueeze(1) if need_b else None
-        return grad_values, grad_a if need_a else None, grad_b, grad_x, lam if need_v0 else None, None, None
+            mu_nk = mu.permute(1, 0, 2).reshape(n, steps * batch)
+            rect_kn = rect.permute(0, 2, 1).reshape(steps * batch, n)
+            grad_values = torch.sparse.sampled_addmm(pattern, mu_nk, rect_kn, beta=0.0).values()
+        if need_a:
+            grad_a = (mu * drive).sum((0, 2)).unsqueeze(1) / a
+        if need_b:
+            grad_b = mu.sum((0, 2)).unsqueeze(1)
+        if need_x:
+            grad_x = mu[:, ctx.input_index]
+        return grad_values, grad_a, grad_b, grad_x, lam if need_v0 else None, None, None
 
 
 def integrate(
@@ -128,5 +126,5 @@ def integrate(
     structure: SparseStructure,
     input_index: torch.Tensor,
 ) -> torch.Tensor:
-    """Run the dynamics; see the module docstring. Shapes: a, b (N, 1); x (T, M, B); v0 (N, B) -> (T, B, N)."""
+    """Run the dynamics; see the module docstring. Shapes: a, b (N, 1); x (T, M, B); v0 (N, B) -> (T, N, B)."""
     return _Integrate.apply(csr_values, a, b, x, v0, structure, input_index)

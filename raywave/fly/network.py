@@ -93,7 +93,7 @@ class FlyNetwork(nn.Module):
         out = integrate(
             self.edge_weights(), a, b, x_in.to(v0.dtype), v0.T.contiguous(), self.structure, self.input_index
         )
-        return out.transpose(0, 1)
+        return out.permute(2, 0, 1)  # (B, T, N), a view
 
     def steady_state(
         self, batch: int, dt: float, t_pre: float = 0.5, value: float = 0.5, grad: bool = False

@@ -1,0 +1,79 @@
+"""The flow decoder on the hex lattice and the task objectives.
+
+ReLU voltages of the output cell types on the (2e+1)² axial map -> hex-masked 5×5 conv (34 -> 8) -> BatchNorm
+-> Softplus -> Dropout 0.5 -> hex-masked 5×5 conv (8 -> 3); flow = ch[0:2] / (softplus(ch[2]) + 1).
+7,427 parameters for 34 output types. The masks keep the kernel taps of a hexagon of radius 2 in axial
+coordinates (19 of 25), so the convolution is a function on the hex lattice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from raywave.fly import hexlattice
+
+
+class HexConv(nn.Conv2d):
+    """A conv2d on axial maps whose kernel is restricted to a hexagonal neighbourhood."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 5):
+        super().__init__(c_in, c_out, kernel, padding=kernel // 2)
+        r = kernel // 2
+        du, dv = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij")
+        mask = (np.abs(du + dv) <= r).astype(np.float32)
+        self.register_buffer("mask", torch.from_numpy(mask))
+        with torch.no_grad():
+            self.weight.mul_(self.mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+
+class FlowDecoder(nn.Module):
+    """(batch, frames, n_out, columns) output-cell voltages -> (batch, frames, columns, 2) flow."""
+
+    def __init__(
+        self,
+        n_out: int = 34,
+        hidden: int = 8,
+        kernel: int = 5,
+        extent: int = hexlattice.EXTENT,
+        dropout: float = 0.5,
+        seed: int = 0,
+    ):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.conv1 = HexConv(n_out, hidden, kernel)
+            self.norm = nn.BatchNorm2d(hidden)
+            self.drop = nn.Dropout(dropout)
+            self.conv2 = HexConv(hidden, 3, kernel)
+            nn.init.zeros_(self.conv2.weight)  # start from the zero-flow prediction; training moves away from it
+            nn.init.zeros_(self.conv2.bias)
+        self.extent = extent
+        u, v = hexlattice.columns(extent)
+        self.register_buffer("flat_index", torch.from_numpy((u + extent) * (2 * extent + 1) + (v + extent)))
+
+    def forward(self, voltages: torch.Tensor) -> torch.Tensor:
+        b, t, c, n = voltages.shape
+        side = 2 * self.extent + 1
+        grid = voltages.new_zeros(b * t, c, side * side)
+        grid[..., self.flat_index] = torch.relu(voltages).reshape(b * t, c, n)
+        x = grid.view(b * t, c, side, side)
+        x = self.drop(F.softplus(self.norm(self.conv1(x))))
+        x = self.conv2(x).flatten(2)[..., self.flat_index]  # (bt, 3, columns)
+        flow = x[:, :2] / (F.softplus(x[:, 2:3]) + 1)
+        return flow.view(b, t, 2, n).transpose(-1, -2)
+
+
+def l2norm(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Training loss: mean over the batch of sqrt(sum over frames, columns and xy of squared error)."""
+    return ((pred - target) ** 2).flatten(1).sum(1).sqrt().mean()
+
+
+def epe(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """End-point error: mean over batch, frames and columns of |pred - target|."""
+    return torch.linalg.vector_norm(pred - target, dim=-1).mean()
