@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 ## The main job on the embedded default: simulate a small lattice, then its statistics and pictures;
-## then a sweep on the embedded Ray into a parquet dataset, its triplets and its dataset card.
+## then a sweep on the embedded Ray into a parquet dataset, its triplets and its dataset card;
+## then the fly connectome (fetched once from the flyvis wheel) and the network's response to a moving edge.
 run: setup
 	$(BIN)/raywave waves simulate --config examples/waves-small.yaml --out runs/waves-small
 	$(BIN)/raywave waves analyze runs/waves-small
@@ -27,6 +28,8 @@ run: setup
 	$(BIN)/raywave waves generate --config examples/sweep-small.yaml --out runs/rw-dataset
 	$(BIN)/raywave data triplets runs/rw-dataset --config examples/triplets.yaml
 	$(BIN)/raywave data describe runs/rw-dataset
+	$(BIN)/raywave fly connectome
+	$(BIN)/raywave fly simulate --out runs/fly-edge
 
 test: setup
 	$(BIN)/ruff check raywave tests
