@@ -24,6 +24,15 @@ def _emit(result: dict, save: Path | None, as_json: bool) -> bool:
     return as_json
 
 
+def _require_device(device: str) -> None:
+    """A cuda device that is not there is a one-line error before anything runs."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
+
+
 @app.command()
 def waves(
     sizes: str = typer.Option("32,64,128", help="comma-separated square lattice sides"),
@@ -128,11 +137,7 @@ def raft(
 
     if repeats < 1 or height % 8 or width % 8 or min(height, width) < 128:
         raise ConfigError("--repeats >= 1; --height and --width multiples of 8 and >= 128")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
+    _require_device(device)
     console = Console(stderr=True)
     result = run_benchmark(device, repeats, (height, width), log=None if as_json else console.log)
     if _emit(result, save, as_json):
@@ -162,11 +167,7 @@ def fly(
 
     if repeats < 1 or batch < 1 or steps < 1:
         raise ConfigError("--repeats, --batch and --steps must be >= 1")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
+    _require_device(device)
     console = Console(stderr=True)
     result = run_benchmark(device, batch, steps, repeats, log=None if as_json else console.log)
     if _emit(result, save, as_json):

@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 from raywave.errors import RaywaveError
+from raywave.io import sha256_file
 
 WHEEL = "flyvis-1.2.0-py3-none-any.whl"
 WHEEL_SHA256 = "af365b16e870111fcb06782a063f6551b05cce9a105c6eaab9c0bda3b017031f"
@@ -41,14 +42,6 @@ def cache_dir() -> Path:
     if os.environ.get("RAYWAVE_CACHE"):
         return Path(os.environ["RAYWAVE_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "raywave"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _download_wheel(dest: Path) -> Path:

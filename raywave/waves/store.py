@@ -11,7 +11,6 @@ so a run killed at any point resumes from the last chunk the manifest lists.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import numpy as np
 from raywave import __version__
 from raywave.config import load_model, save_model
 from raywave.errors import RaywaveError
-from raywave.io import save_npy_atomic, save_npz_atomic, write_json_atomic
+from raywave.io import save_npy_atomic, save_npz_atomic, sha256_file, write_json_atomic
 from raywave.waves.config import SimulationConfig
 from raywave.waves.equations import STATE_VARIABLES
 
@@ -44,14 +43,6 @@ def encode(values: np.ndarray, dtype: str, lo: float, hi: float) -> tuple[np.nda
 def scale_of(dtype: str, lo: float, hi: float) -> tuple[float, float]:
     """(offset, scale) such that value = offset + scale * stored."""
     return (lo, (hi - lo) / 255.0) if dtype == "uint8" else (0.0, 1.0)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
