@@ -39,10 +39,14 @@ def data_table(res: dict) -> None:
     print(f"| time to the first batch (s) | {p['first_batch_s']:.2f} | {r['first_batch_s']:.2f} | | |")
 
 
-def raft_table(res: dict) -> None:
+def _machine_line(res: dict) -> None:
     m = res["machine"]
     print(f"Machine: {m['cpus']} CPUs ({m['cpu']}), torch threads {m['torch_threads']}, GPU: {m['gpu'] or 'none'}; "
           f"torch {res['torch']}; device {res['device']}; {res['date']}.\n")
+
+
+def raft_table(res: dict) -> None:
+    _machine_line(res)
     print("| variant | mode | dtype | size x batch | iterations | s | peak MiB | reference s (design notes) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in res["rows"]:
@@ -52,14 +56,12 @@ def raft_table(res: dict) -> None:
 
 
 def fly_table(res: dict) -> None:
-    m = res["machine"]
-    print(f"Machine: {m['cpus']} CPUs ({m['cpu']}), torch threads {m['torch_threads']}, GPU: {m['gpu'] or 'none'}; "
-          f"torch {res['torch']}; device {res['device']}; {res['date']}.\n")
+    _machine_line(res)
     print("| mode | implementation | batch x steps | s | peak MiB | speed-up vs per-edge | max rel. diff |")
     print("|---|---|---|---|---|---|---|")
     for r in res["rows"]:
         up = f"{r['speedup_vs_per_edge']:.1f}x" if "speedup_vs_per_edge" in r else "-"
-        diff = r.get("max_rel_grad_diff") or r.get("max_rel_voltage_diff")
+        diff = r["max_rel_grad_diff"] if r.get("max_rel_grad_diff") is not None else r.get("max_rel_voltage_diff")
         print(f"| {r['mode']} | {r['impl']} | {r['batch']} x {r['steps']} | {r['seconds']:.3f} | "
               f"{r['peak_memory_mib']:.0f} | {up} | {f'{diff:.1e}' if diff is not None else '-'} |")
 

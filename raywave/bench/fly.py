@@ -54,10 +54,12 @@ def _measure(impl: str, mode: str, device: str, batch: int, steps: int, repeats:
     dev = torch.device(device)
     net = FlyNetwork(load(), seed=0).to(dev)
     dec = FlowDecoder(len(net.connectome.output_types)).to(dev)
+    with torch.no_grad():  # the decoder's last layer starts at zero; give it weights so gradients reach the network
+        dec.conv2.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(1)).mul_(dec.conv2.mask)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, steps, net.n_columns, generator=g).to(dev)
     target = torch.randn(batch, steps, net.n_columns, 2, generator=g).to(dev)
-    out_index = net.output_index().to(dev)
+    out_index = net.output_index()
     dt = 0.02
 
     def run():
@@ -72,6 +74,7 @@ def _measure(impl: str, mode: str, device: str, batch: int, steps: int, repeats:
                 return run()
         net.zero_grad()
         dec.zero_grad()
+        torch.manual_seed(0)  # the same dropout mask for both implementations
         v = run()
         loss = l2norm(dec(v[..., out_index]), target)
         loss.backward()

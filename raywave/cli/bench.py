@@ -176,7 +176,7 @@ def fly(
     for col in ("mode", "implementation", "batch x steps", "s", "peak MiB", "speed-up", "max rel diff"):
         t.add_column(col, justify="right")
     for r in result["rows"]:
-        diff = r.get("max_rel_grad_diff") or r.get("max_rel_voltage_diff")
+        diff = r["max_rel_grad_diff"] if r.get("max_rel_grad_diff") is not None else r.get("max_rel_voltage_diff")
         t.add_row(r["mode"], r["impl"], f"{r['batch']} x {r['steps']}", f"{r['seconds']:.3f}",
                   f"{r['peak_memory_mib']:.0f}",
                   f"{r['speedup_vs_per_edge']:.1f}x" if "speedup_vs_per_edge" in r else "-",

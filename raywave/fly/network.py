@@ -45,6 +45,9 @@ class FlyNetwork(nn.Module):
         inputs = np.concatenate([c.nodes_of(t) for t in c.input_types])
         self.register_buffer("input_index", torch.from_numpy(inputs))
         self.n_columns = len(c.nodes_of(c.input_types[0]))
+        outputs = np.stack([c.nodes_of(t) for t in c.output_types])
+        self.register_buffer("out_index", torch.from_numpy(outputs), persistent=False)
+        self.register_buffer("central_index", torch.from_numpy(c.central_nodes), persistent=False)
 
     # -- parameters -----------------------------------------------------------------------------------
     def _apply(self, fn, *args, **kwargs):  # keep the (non-buffer) sparse structure on the module's device
@@ -142,4 +145,4 @@ class FlyNetwork(nn.Module):
 
     def output_index(self) -> torch.Tensor:
         """(n_output_types, columns) node indices of the output types (decoder input)."""
-        return torch.from_numpy(np.stack([self.connectome.nodes_of(t) for t in self.connectome.output_types]))
+        return self.out_index

@@ -161,10 +161,18 @@ class FlySintel:
             lum, flow = aug.augment(lum, flow, aug.sample_params(rng, self.augment), self.augment)
         return lum.float(), flow.float()
 
+    def order(self, epoch: int, shuffle: bool = True) -> np.ndarray:
+        """Sample order of an epoch (a permutation drawn from (seed, epoch), or as listed)."""
+        return np.random.default_rng([self.seed, epoch, 7]).permutation(len(self)) if shuffle else np.arange(len(self))
+
+    def batch(self, indices, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lum (B, T, columns), flow (B, T, columns, 2)) of the given samples, cut to the shortest."""
+        samples = [self.sample(int(i), epoch) for i in indices]
+        steps = min(s[0].shape[0] for s in samples)
+        return torch.stack([s[0][:steps] for s in samples]), torch.stack([s[1][:steps] for s in samples])
+
     def batches(self, batch_size: int, epoch: int, shuffle: bool = True):
-        """Batches of (lum (B, T, columns), flow (B, T, columns, 2)); one epoch sees every sample once."""
-        order = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self)) if shuffle else np.arange(len(self))
+        """Batches of one epoch; every sample is seen once."""
+        order = self.order(epoch, shuffle)
         for k in range(0, len(order), batch_size):
-            samples = [self.sample(int(i), epoch) for i in order[k : k + batch_size]]
-            steps = min(s[0].shape[0] for s in samples)
-            yield (torch.stack([s[0][:steps] for s in samples]), torch.stack([s[1][:steps] for s in samples]))
+            yield self.batch(order[k : k + batch_size], epoch)

@@ -94,8 +94,7 @@ def learning_rate(cfg: FlyTrainConfig, it: int) -> float:
 
 def activity_penalty(net: FlyNetwork, v: torch.Tensor, cfg: FlyTrainConfig) -> torch.Tensor:
     """Penalty on the temporal mean of central cells (after the first quarter) away from the baseline."""
-    central = torch.from_numpy(net.connectome.central_nodes).to(v.device)
-    mean = v[:, v.shape[1] // 4 :, central].mean(1)
+    mean = v[:, v.shape[1] // 4 :, net.central_index].mean(1)
     gap = cfg.activity_baseline - mean
     w = torch.where(gap > 0, cfg.below_baseline_weight, cfg.above_baseline_weight)
     return cfg.activity_penalty * ((w * gap) ** 2).mean()
@@ -141,7 +140,7 @@ def predict(net: FlyNetwork, decoder: FlowDecoder, lum: torch.Tensor, cfg: FlyTr
     """(flow prediction, voltages) for a batch of luminance (B, T, columns), from the grey steady state."""
     state = net.steady_state(lum.shape[0], cfg.dt, cfg.t_pre)
     v = net(lum, cfg.dt, state)
-    out = v[..., net.output_index().to(v.device)]  # (B, T, n_out, columns)
+    out = v[..., net.output_index()]  # (B, T, n_out, columns)
     return decoder(out), v
 
 
@@ -221,12 +220,8 @@ def train_one(cfg: FlyTrainConfig, out: str | Path, progress=None, stop_after: i
     losses: list[float] = []
     for it in range(start, cfg.iterations):
         epoch, k = divmod(it, per_epoch)
-        order = np.random.default_rng([cfg.seed, epoch, 7]).permutation(len(train))
-        idx = order[k * cfg.batch_size : (k + 1) * cfg.batch_size]
-        samples = [train.sample(int(i), epoch) for i in idx]
-        steps = min(s[0].shape[0] for s in samples)
-        lum = torch.stack([s[0][:steps] for s in samples]).to(cfg.device)
-        flow = torch.stack([s[1][:steps] for s in samples]).to(cfg.device)
+        lum, flow = train.batch(train.order(epoch)[k * cfg.batch_size : (k + 1) * cfg.batch_size], epoch)
+        lum, flow = lum.to(cfg.device), flow.to(cfg.device)
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, it)
         torch.manual_seed(hash((cfg.seed, it)) % 2**31)  # dropout of iteration `it`
