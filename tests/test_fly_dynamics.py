@@ -102,3 +102,19 @@ def test_parameters_and_states(fly_connectome):
     assert a.responses(v, "T4c", central=True).shape == (1, 4)
     assert a.responses(v, "T4c").shape == (1, 4, 721)
     assert np.array_equal(a.output_index().shape, (34, 721))
+
+
+def test_output_voltages_equal_plain_indexing(fly_connectome):
+    """output_voltages(v) == v[..., output_index()] in value and gradient, for the forward's layout and others."""
+    net = FlyNetwork(fly_connectome, seed=2)
+    g = torch.Generator().manual_seed(0)
+    for v in (net(torch.rand(2, 3, 721, generator=g), 0.02).detach(), torch.randn(2, 3, net.connectome.n_nodes)):
+        w = torch.randn(2, 3, 34, 721, generator=g)
+        got_in, ref_in = v.clone().requires_grad_(), v.clone().requires_grad_()
+        if v.stride(-1) != 1:  # keep the forward's (T, N, B) memory layout
+            got_in = v.permute(1, 2, 0).clone().permute(2, 0, 1).requires_grad_()
+        got, ref = net.output_voltages(got_in), ref_in[..., net.output_index()]
+        assert torch.equal(got, ref)
+        (gg,) = torch.autograd.grad((got * w).sum(), got_in)
+        (gr,) = torch.autograd.grad((ref * w).sum(), ref_in)
+        assert torch.equal(gg, gr) and gg.stride() == got_in.stride()

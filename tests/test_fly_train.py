@@ -59,6 +59,46 @@ def test_decoder_and_objectives():
     assert float(l2norm(a, b)) == pytest.approx((3 * 721 * 25) ** 0.5)
 
 
+def _reference_decoder(dec: FlowDecoder, v: torch.Tensor) -> torch.Tensor:
+    """The decoder written plainly: NCHW maps, masked kernels, no dropout (compare in eval mode)."""
+    import torch.nn.functional as F
+
+    b, t, c, n = v.shape
+    side = 2 * dec.extent + 1
+    grid = torch.zeros(b * t, c, side * side, dtype=v.dtype)
+    grid[..., dec.flat_index] = torch.relu(v).reshape(b * t, c, n)
+    x = F.conv2d(grid.view(b * t, c, side, side), dec.conv1.weight * dec.conv1.mask, dec.conv1.bias, padding=2)
+    x = F.softplus(dec.norm(x))
+    y = F.conv2d(x, dec.conv2.weight * dec.conv2.mask, dec.conv2.bias, padding=2).flatten(2)[..., dec.flat_index]
+    flow = y[:, :2] / (F.softplus(y[:, 2:3]) + 1)
+    return flow.view(b, t, 2, n).transpose(-1, -2)
+
+
+def test_decoder_matches_plain_reference():
+    """The channels-last decoder computes what the plain NCHW formulation computes, values and gradients."""
+    dec = FlowDecoder(seed=3).double()
+    with torch.no_grad():
+        dec.conv2.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0)).mul_(dec.conv2.mask)
+        dec.norm.running_mean.uniform_(-0.5, 0.5)
+        dec.norm.running_var.uniform_(0.5, 2.0)
+    dec.eval()
+    v = torch.randn(2, 3, 34, 721, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    got_in, ref_in = v.clone().requires_grad_(), v.clone().requires_grad_()
+    got, ref = dec(got_in), _reference_decoder(dec, ref_in)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    w = torch.randn_like(ref)
+    (gg,) = torch.autograd.grad((got * w).sum(), got_in)
+    (gr,) = torch.autograd.grad((ref * w).sum(), ref_in)
+    torch.testing.assert_close(gg, gr, rtol=1e-10, atol=1e-12)
+    assert float(gr.abs().max()) > 0
+    # dropout: only in training mode, keeps the expectation (inverted dropout), zeroes about half the units
+    dec.train()
+    torch.manual_seed(0)
+    a = dec(v)
+    torch.manual_seed(0)
+    assert torch.equal(a, dec(v)) and not torch.allclose(a, dec.eval()(v))
+
+
 def test_learning_rate_schedule():
     cfg = FlyTrainConfig(iterations=100, lr_start=1e-3, lr_end=1e-5, lr_steps=3)
     assert [learning_rate(cfg, i) for i in (0, 33, 34, 66, 67, 99)] == pytest.approx(

@@ -59,7 +59,6 @@ def _measure(impl: str, mode: str, device: str, batch: int, steps: int, repeats:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, steps, net.n_columns, generator=g).to(dev)
     target = torch.randn(batch, steps, net.n_columns, 2, generator=g).to(dev)
-    out_index = net.output_index()
     dt = 0.02
 
     def run():
@@ -76,7 +75,7 @@ def _measure(impl: str, mode: str, device: str, batch: int, steps: int, repeats:
         dec.zero_grad()
         torch.manual_seed(0)  # the same dropout mask for both implementations
         v = run()
-        loss = l2norm(dec(v[..., out_index]), target)
+        loss = l2norm(dec(net.output_voltages(v)), target)
         loss.backward()
         return v.detach()
 
@@ -110,7 +109,7 @@ def _in_process(*args) -> dict:
     return result
 
 
-def run_benchmark(device: str = "cpu", batch: int = 4, steps: int = 40, repeats: int = 2, log=None) -> dict:
+def run_benchmark(device: str = "cpu", batch: int = 4, steps: int = 40, repeats: int = 5, log=None) -> dict:
     rows, ratios = [], {}
     for mode in ("forward", "forward_backward"):
         res = {}
@@ -144,7 +143,7 @@ def run_benchmark(device: str = "cpu", batch: int = 4, steps: int = 40, repeats:
 
     return {
         "benchmark": "fly", "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "device": device,
-        "machine": machine_info(), "rows": rows,
+        "repeats": repeats, "machine": machine_info(), "rows": rows,
         "speedup_forward": ratios["forward"], "speedup_forward_backward": ratios["forward_backward"],
         "goal_forward_backward": 10.0,
         "flyvis_cpu_s_from_design_notes": FLYVIS_CPU_S,

@@ -158,7 +158,7 @@ def fly(
     device: str = typer.Option("cpu", help="cpu or cuda"),
     batch: int = typer.Option(4, help="batch size"),
     steps: int = typer.Option(40, help="Euler steps (40 = 19 frames at 24 fps resampled to dt 0.02 s)"),
-    repeats: int = typer.Option(2, help="timed repetitions per measurement (the fastest is reported)"),
+    repeats: int = typer.Option(5, help="timed repetitions per measurement (the fastest is reported)"),
     save: Path = typer.Option(None, help="write the results JSON here (e.g. benchmarks/results/fly-cpu.json)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:

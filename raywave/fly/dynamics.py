@@ -56,7 +56,7 @@ class SparseStructure:
         return _csr(self.crow, self.col, csr_values, self.n)
 
     def transpose(self, csr_values: torch.Tensor) -> torch.Tensor:
-        return _csr(self.t_crow, self.t_col, csr_values[self.t_perm], self.n)
+        return _csr(self.t_crow, self.t_col, csr_values.index_select(0, self.t_perm), self.n)
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
@@ -72,48 +72,56 @@ class _Integrate(torch.autograd.Function):
     def forward(ctx, csr_values, a, b, x, v0, structure: SparseStructure, input_index):
         # a, b: (N, 1); x: (T, M, B) stimulus for the M input neurons; v0: (N, B)
         steps = x.shape[0]
+        n, batch = v0.shape
         w = structure.matrix(csr_values)
-        states = v0.new_empty(steps + 1, *v0.shape)  # V[0..T]
-        rect = v0.new_empty(steps, *v0.shape)  # relu(V[k]), for the SDDMM and relu'
-        drive = v0.new_empty(steps, *v0.shape)  # -V + b + W relu(V) + x, for the gradient of a
+        states = v0.new_empty(steps + 1, n, batch)  # V[0..T]
+        # relu(V[k]) in (N, T, B) layout: the SDDMM of the backward reads it as an (N, T·B) matrix, copy-free
+        rect = v0.new_empty(n, steps, batch)
+        drive = v0.new_empty(steps, n, batch)  # -V + b + W relu(V) + x, for the gradient of a
         states[0] = v0
+        r = torch.empty_like(v0)
         for k in range(steps):
-            torch.clamp_min(states[k], 0, out=rect[k])
-            d = drive[k]
-            torch.mm(w, rect[k], out=d)
-            d.sub_(states[k]).add_(b).index_add_(0, input_index, x[k])
+            torch.clamp_min(states[k], 0, out=r)
+            rect[:, k] = r
+            d = torch.sub(b, states[k], out=drive[k]).index_add_(0, input_index, x[k])
+            d.addmm_(w, r)
             torch.addcmul(states[k], a, d, out=states[k + 1])
         ctx.structure, ctx.input_index = structure, input_index
-        ctx.save_for_backward(csr_values, a, rect, drive)
+        ctx.save_for_backward(csr_values, a, rect, drive, states)  # states: relu' masks, contiguous per step
         return states[1:]
 
     @staticmethod
     def backward(ctx, g_out):
-        csr_values, a, rect, drive = ctx.saved_tensors
+        csr_values, a, rect, drive, states = ctx.saved_tensors
         structure: SparseStructure = ctx.structure
-        steps, n, batch = rect.shape
+        n, steps, batch = rect.shape
         wt = structure.transpose(csr_values)
         need_w, need_a, need_b, need_x, need_v0 = ctx.needs_input_grad[:5]
-        mu = torch.empty_like(rect)  # a * dL/dV[k+1] for every step
+        mu = torch.empty_like(rect)  # a * dL/dV[k+1] for every step, (N, T, B) like rect
+        mu_drive = torch.zeros_like(rect[:, 0])  # sum over steps of mu * drive, for the gradient of a
         one_minus_a = 1 - a
-        lam = torch.zeros_like(rect[0])
+        lam = torch.zeros_like(rect[:, 0])  # dL/dV[k+1]
+        m, nxt = torch.empty_like(lam), torch.empty_like(lam)
         for k in range(steps - 1, -1, -1):
-            lam.add_(g_out[k])  # dL/dV[k+1], total
-            torch.mul(a, lam, out=mu[k])
-            back = torch.mm(wt, mu[k]).mul_(rect[k] > 0)
-            lam = torch.addcmul(back, lam, one_minus_a)
+            lam.add_(g_out[k])
+            torch.mul(a, lam, out=m)
+            mu[:, k] = m
+            if need_a:
+                mu_drive.addcmul_(m, drive[k])
+            # dL/dV[k] = relu'(V[k]) * (W^T mu[k]) + (1 - a) * dL/dV[k+1]; beta=0 ignores nxt's stale values
+            nxt.addmm_(wt, m, beta=0).mul_(states[k] > 0).addcmul_(lam, one_minus_a)
+            lam, nxt = nxt, lam
         grad_values = grad_a = grad_b = grad_x = None
         if need_w:
             pattern = structure.matrix(torch.zeros_like(csr_values))
-            mu_nk = mu.permute(1, 0, 2).reshape(n, steps * batch)
-            rect_kn = rect.permute(0, 2, 1).reshape(steps * batch, n)
-            grad_values = torch.sparse.sampled_addmm(pattern, mu_nk, rect_kn, beta=0.0).values()
+            mu_nk, rect_nk = mu.view(n, steps * batch), rect.view(n, steps * batch)
+            grad_values = torch.sparse.sampled_addmm(pattern, mu_nk, rect_nk.T, beta=0.0).values()
         if need_a:
-            grad_a = (mu * drive).sum((0, 2)).unsqueeze(1) / a
+            grad_a = mu_drive.sum(1, keepdim=True) / a
         if need_b:
-            grad_b = mu.sum((0, 2)).unsqueeze(1)
+            grad_b = mu.view(n, -1).sum(1, keepdim=True)
         if need_x:
-            grad_x = mu[:, ctx.input_index]
+            grad_x = mu[ctx.input_index].transpose(0, 1)
         return grad_values, grad_a, grad_b, grad_x, lam if need_v0 else None, None, None
 
 

@@ -140,8 +140,7 @@ def predict(net: FlyNetwork, decoder: FlowDecoder, lum: torch.Tensor, cfg: FlyTr
     """(flow prediction, voltages) for a batch of luminance (B, T, columns), from the grey steady state."""
     state = net.steady_state(lum.shape[0], cfg.dt, cfg.t_pre)
     v = net(lum, cfg.dt, state)
-    out = v[..., net.output_index()]  # (B, T, n_out, columns)
-    return decoder(out), v
+    return decoder(net.output_voltages(v)), v
 
 
 @torch.no_grad()
