@@ -55,8 +55,9 @@ class SparseStructure:
     def matrix(self, csr_values: torch.Tensor) -> torch.Tensor:
         return _csr(self.crow, self.col, csr_values, self.n)
 
-    def transpose(self, csr_values: torch.Tensor) -> torch.Tensor:
-        return _csr(self.t_crow, self.t_col, csr_values.index_select(0, self.t_perm), self.n)
+    def transpose(self, t_values: torch.Tensor) -> torch.Tensor:
+        """W^T from its values in W^T's CSR order, i.e. `csr_values[t_perm]`."""
+        return _csr(self.t_crow, self.t_col, t_values, self.n)
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
@@ -69,7 +70,7 @@ class _Integrate(torch.autograd.Function):
     """Euler integration over T steps in (N, B) layout; returns the states after each step, (T, N, B)."""
 
     @staticmethod
-    def forward(ctx, csr_values, a, b, x, v0, structure: SparseStructure, input_index):
+    def forward(ctx, csr_values, a, b, x, v0, structure: SparseStructure, input_index, t_values):
         # a, b: (N, 1); x: (T, M, B) stimulus for the M input neurons; v0: (N, B)
         steps = x.shape[0]
         n, batch = v0.shape
@@ -87,15 +88,15 @@ class _Integrate(torch.autograd.Function):
             d.addmm_(w, r)
             torch.addcmul(states[k], a, d, out=states[k + 1])
         ctx.structure, ctx.input_index = structure, input_index
-        ctx.save_for_backward(csr_values, a, rect, drive, states)  # states: relu' masks, contiguous per step
+        ctx.save_for_backward(a, rect, drive, states, t_values)  # states: relu' masks, contiguous per step
         return states[1:]
 
     @staticmethod
     def backward(ctx, g_out):
-        csr_values, a, rect, drive, states = ctx.saved_tensors
+        a, rect, drive, states, t_values = ctx.saved_tensors
         structure: SparseStructure = ctx.structure
         n, steps, batch = rect.shape
-        wt = structure.transpose(csr_values)
+        wt = structure.transpose(t_values)
         need_w, need_a, need_b, need_x, need_v0 = ctx.needs_input_grad[:5]
         mu = torch.empty_like(rect)  # a * dL/dV[k+1] for every step, (N, T, B) like rect
         mu_drive = torch.zeros_like(rect[:, 0])  # sum over steps of mu * drive, for the gradient of a
@@ -113,7 +114,7 @@ class _Integrate(torch.autograd.Function):
             lam, nxt = nxt, lam
         grad_values = grad_a = grad_b = grad_x = None
         if need_w:
-            pattern = structure.matrix(torch.zeros_like(csr_values))
+            pattern = structure.matrix(torch.zeros_like(t_values))
             mu_nk, rect_nk = mu.view(n, steps * batch), rect.view(n, steps * batch)
             grad_values = torch.sparse.sampled_addmm(pattern, mu_nk, rect_nk.T, beta=0.0).values()
         if need_a:
@@ -122,7 +123,7 @@ class _Integrate(torch.autograd.Function):
             grad_b = mu.view(n, -1).sum(1, keepdim=True)
         if need_x:
             grad_x = mu[ctx.input_index].transpose(0, 1)
-        return grad_values, grad_a, grad_b, grad_x, lam if need_v0 else None, None, None
+        return grad_values, grad_a, grad_b, grad_x, lam if need_v0 else None, None, None, None
 
 
 def integrate(
@@ -133,6 +134,10 @@ def integrate(
     v0: torch.Tensor,
     structure: SparseStructure,
     input_index: torch.Tensor,
+    t_values: torch.Tensor,
 ) -> torch.Tensor:
-    """Run the dynamics; see the module docstring. Shapes: a, b (N, 1); x (T, M, B); v0 (N, B) -> (T, N, B)."""
-    return _Integrate.apply(csr_values, a, b, x, v0, structure, input_index)
+    """Run the dynamics; see the module docstring. Shapes: a, b (N, 1); x (T, M, B); v0 (N, B) -> (T, N, B).
+
+    `t_values` are the same weights in the CSR order of W^T (`csr_values[structure.t_perm]`, no gradient flows
+    through them); the network builds both from its per-group weight table with one gather each."""
+    return _Integrate.apply(csr_values, a, b, x, v0, structure, input_index, t_values)
