@@ -158,18 +158,19 @@ def fly(
     device: str = typer.Option("cpu", help="cpu or cuda"),
     batch: int = typer.Option(4, help="batch size"),
     steps: int = typer.Option(40, help="Euler steps (40 = 19 frames at 24 fps resampled to dt 0.02 s)"),
-    repeats: int = typer.Option(5, help="timed repetitions per measurement (the fastest is reported)"),
+    repeats: int = typer.Option(10, help="timed repetitions per process (the fastest is reported)"),
+    rounds: int = typer.Option(2, help="fresh processes per implementation, alternating between the two"),
     save: Path = typer.Option(None, help="write the results JSON here (e.g. benchmarks/results/fly-cpu.json)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:
     """Fly network forward and forward+decoder+backward: sparse product + adjoint vs the per-edge scatter baseline."""
     from raywave.bench.fly import run_benchmark
 
-    if repeats < 1 or batch < 1 or steps < 1:
-        raise ConfigError("--repeats, --batch and --steps must be >= 1")
+    if min(repeats, rounds, batch, steps) < 1:
+        raise ConfigError("--repeats, --rounds, --batch and --steps must be >= 1")
     _require_device(device)
     console = Console(stderr=True)
-    result = run_benchmark(device, batch, steps, repeats, log=None if as_json else console.log)
+    result = run_benchmark(device, batch, steps, repeats, rounds, log=None if as_json else console.log)
     if _emit(result, save, as_json):
         return
     t = Table(title=f"fly network benchmark on {device} ({result['machine']['cpu']}, gpu: {result['machine']['gpu']})")

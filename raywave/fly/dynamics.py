@@ -75,6 +75,9 @@ class _Integrate(torch.autograd.Function):
         steps = x.shape[0]
         n, batch = v0.shape
         w = structure.matrix(csr_values)
+        # per-neuron a and b expanded to (N, B): elementwise ops on equal contiguous shapes vectorise, while an
+        # (N, 1) operand broadcast over 4 columns runs several times slower per step on a CPU
+        a_nb, b_nb = a.expand(n, batch).contiguous(), b.expand(n, batch).contiguous()
         states = v0.new_empty(steps + 1, n, batch)  # V[0..T]
         # relu(V[k]) in (N, T, B) layout: the SDDMM of the backward reads it as an (N, T·B) matrix, copy-free
         rect = v0.new_empty(n, steps, batch)
@@ -84,9 +87,9 @@ class _Integrate(torch.autograd.Function):
         for k in range(steps):
             torch.clamp_min(states[k], 0, out=r)
             rect[:, k] = r
-            d = torch.sub(b, states[k], out=drive[k]).index_add_(0, input_index, x[k])
+            d = torch.sub(b_nb, states[k], out=drive[k]).index_add_(0, input_index, x[k])
             d.addmm_(w, r)
-            torch.addcmul(states[k], a, d, out=states[k + 1])
+            torch.addcmul(states[k], a_nb, d, out=states[k + 1])
         ctx.structure, ctx.input_index = structure, input_index
         ctx.save_for_backward(a, rect, drive, states, t_values)  # states: relu' masks, contiguous per step
         return states[1:]
@@ -100,17 +103,19 @@ class _Integrate(torch.autograd.Function):
         need_w, need_a, need_b, need_x, need_v0 = ctx.needs_input_grad[:5]
         mu = torch.empty_like(rect)  # a * dL/dV[k+1] for every step, (N, T, B) like rect
         mu_drive = torch.zeros_like(rect[:, 0])  # sum over steps of mu * drive, for the gradient of a
-        one_minus_a = 1 - a
+        a_nb = a.expand(n, batch).contiguous()
+        one_minus_a = 1 - a_nb
         lam = torch.zeros_like(rect[:, 0])  # dL/dV[k+1]
-        m, nxt = torch.empty_like(lam), torch.empty_like(lam)
+        m, nxt, mask = torch.empty_like(lam), torch.empty_like(lam), torch.empty_like(lam)
         for k in range(steps - 1, -1, -1):
             lam.add_(g_out[k])
-            torch.mul(a, lam, out=m)
+            torch.mul(a_nb, lam, out=m)
             mu[:, k] = m
             if need_a:
                 mu_drive.addcmul_(m, drive[k])
             # dL/dV[k] = relu'(V[k]) * (W^T mu[k]) + (1 - a) * dL/dV[k+1]; beta=0 ignores nxt's stale values
-            nxt.addmm_(wt, m, beta=0).mul_(states[k] > 0).addcmul_(lam, one_minus_a)
+            torch.gt(states[k], 0, out=mask)  # relu'(V[k]) as 0/1 floats (a bool mask multiplies ~5x slower)
+            nxt.addmm_(wt, m, beta=0).mul_(mask).addcmul_(lam, one_minus_a)
             lam, nxt = nxt, lam
         grad_values = grad_a = grad_b = grad_x = None
         if need_w:
