@@ -118,3 +118,21 @@ def test_output_voltages_equal_plain_indexing(fly_connectome):
         (gg,) = torch.autograd.grad((got * w).sum(), got_in)
         (gr,) = torch.autograd.grad((ref * w).sum(), ref_in)
         assert torch.equal(gg, gr) and gg.stride() == got_in.stride()
+
+
+def test_state_dict_holds_the_parameters_only_and_older_checkpoints_load(fly_connectome):
+    """Checkpoints keep the 734 free and 2,959 fixed parameters, not the connectome's index tables."""
+    net = FlyNetwork(fly_connectome, seed=1)
+    sd = net.state_dict()
+    assert set(sd) == {"v_rest", "tau", "strength", "sign", "n_syn"}
+    assert sum(t.numel() for k, t in sd.items() if k in ("v_rest", "tau", "strength")) == 734
+    assert sd["sign"].numel() + sd["n_syn"].numel() == 2_959
+    # a state dict written when the tables were saved too still loads, after checking them against this network
+    old = dict(sd, csr_group=net.csr_group.clone(), csr_pair=net.group_pair[net.csr_group],
+               node_type=net.node_type.clone(), input_index=net.input_index.clone())  # fmt: skip
+    other = FlyNetwork(fly_connectome, seed=2)
+    other.load_state_dict(old)
+    assert torch.equal(other.strength, net.strength) and torch.equal(other.v_rest, net.v_rest)
+    old["csr_group"] = old["csr_group"].flip(0)
+    with pytest.raises(RuntimeError, match="csr_group does not match this connectome"):
+        other.load_state_dict(old)

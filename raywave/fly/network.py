@@ -37,21 +37,23 @@ class FlyNetwork(nn.Module):
         # fixed parameters
         self.register_buffer("sign", torch.from_numpy(c.pair_sign).float())
         self.register_buffer("n_syn", torch.from_numpy(c.group_n_syn).float())
+        # index tables derived from the connectome: rebuilt on construction, not saved (a checkpoint holds the 734
+        # free and 2,959 fixed parameters, instead of ~25 MB of tables)
         self.structure = SparseStructure.build(c.edge_src, c.edge_tar, c.n_nodes)
         order = self.structure.order.numpy()
-        self.register_buffer("csr_group", torch.from_numpy(c.edge_group[order]))
-        self.register_buffer("csr_pair", torch.from_numpy(c.edge_type[order]))
-        # per (type pair, du, dv) group: its pair, and the group of every CSR entry of W^T (derived, not saved)
-        self.register_buffer("group_pair", torch.from_numpy(c.group_pair), persistent=False)
+        # the (type pair, du, dv) group of every CSR entry of W and of W^T
+        self.register_buffer("csr_group", torch.from_numpy(c.edge_group[order]), persistent=False)
         t_group = c.edge_group[order][self.structure.t_perm.numpy()]
         self.register_buffer("csr_group_t", torch.from_numpy(t_group), persistent=False)
-        self.register_buffer("node_type", torch.from_numpy(c.node_type))
+        self.register_buffer("group_pair", torch.from_numpy(c.group_pair), persistent=False)
+        self.register_buffer("node_type", torch.from_numpy(c.node_type), persistent=False)
         inputs = np.concatenate([c.nodes_of(t) for t in c.input_types])
-        self.register_buffer("input_index", torch.from_numpy(inputs))
+        self.register_buffer("input_index", torch.from_numpy(inputs), persistent=False)
         self.n_columns = len(c.nodes_of(c.input_types[0]))
         outputs = np.stack([c.nodes_of(t) for t in c.output_types])
         self.register_buffer("out_index", torch.from_numpy(outputs), persistent=False)
         self.register_buffer("central_index", torch.from_numpy(c.central_nodes), persistent=False)
+        self.register_load_state_dict_pre_hook(_accept_saved_tables)
 
     # -- parameters -----------------------------------------------------------------------------------
     def _apply(self, fn, *args, **kwargs):  # keep the (non-buffer) sparse structure on the module's device
@@ -165,6 +167,22 @@ class FlyNetwork(nn.Module):
         c, n = self.out_index.shape
         flat = self.out_index.T.reshape(-1)
         return _SelectNodes.apply(voltages, flat).view(b, t, n, c).transpose(-1, -2)
+
+
+#: index tables that checkpoints written before they became derived-only still carry
+_SAVED_TABLES = ("csr_group", "csr_pair", "node_type", "input_index")
+
+
+def _accept_saved_tables(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+    """Load older checkpoints: drop their copies of the derived tables, after checking they describe this network."""
+    for name in _SAVED_TABLES:
+        saved = state_dict.pop(prefix + name, None)
+        if saved is None:
+            continue
+        ours = module.group_pair[module.csr_group] if name == "csr_pair" else getattr(module, name)
+        if saved.shape != ours.shape or not torch.equal(saved.to(ours.device), ours):
+            errors.append(f"the checkpoint's {name} does not match this connectome; load it with the connectome it "
+                          "was trained on")  # fmt: skip
 
 
 class _SelectNodes(torch.autograd.Function):
