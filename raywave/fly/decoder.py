@@ -49,6 +49,8 @@ class FlowDecoder(nn.Module):
         seed: int = 0,
     ):
         super().__init__()
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.conv1 = HexConv(n_out, hidden, kernel)

@@ -103,9 +103,10 @@ class FlyNetwork(nn.Module):
         b = self.v_rest[self.node_type].unsqueeze(1)
         n_in = len(self.input_index) // self.n_columns
         x_in = x.permute(1, 2, 0).repeat(1, n_in, 1)  # (T, M, B), same luminance for every input type
-        gw = self.group_weights()
-        w, w_t = gw.index_select(0, self.csr_group), gw.detach().index_select(0, self.csr_group_t)
-        out = integrate(w, a, b, x_in.to(v0.dtype), v0.T.contiguous(), self.structure, self.input_index, w_t)
+        w_t = self.group_weights().detach().index_select(0, self.csr_group_t)  # W^T's values: no gradient needed
+        out = integrate(
+            self.edge_weights(), a, b, x_in.to(v0.dtype), v0.T.contiguous(), self.structure, self.input_index, w_t
+        )
         return out.permute(2, 0, 1)  # (B, T, N), a view
 
     def steady_state(
