@@ -55,10 +55,13 @@ def triplet_dataset(
     batch_size: int = 64,
     workers: int = 2,
     cpus_per_worker: float = 0.5,
+    seed: int | None = None,
+    skip: int = 0,
 ) -> Any:
     """A Ray Dataset of triplets ({"frames": (3, h, w) float32, "dt_s", "row"}) for `iter_torch_batches` or
-    Ray Train (`datasets={"train": ...}`), covering `epochs` epochs from `epoch` in one stream. Shuffling and
-    augmentation are functions of (seed, epoch), the same as in `TripletDataset`."""
+    Ray Train (`datasets={"train": ...}`), covering `epochs` epochs from `epoch` in one stream (less its first
+    `skip` triplets, for a resumed run). Shuffling is a function of (seed, epoch) (seed: the index's unless
+    given) and augmentation of (index seed, epoch, row), the same as in `TripletDataset`."""
     import pyarrow as pa
     import ray
 
@@ -67,10 +70,11 @@ def triplet_dataset(
     source = TripletSource(dataset, name)
     base = source.rows(split)
     rows, eps = [], []
+    seed = source.cfg.seed if seed is None else seed
     for e in range(epoch, epoch + epochs):
-        rows.append(np.random.default_rng([source.cfg.seed, e]).permutation(base) if shuffle else base)
+        rows.append(np.random.default_rng([seed, e]).permutation(base) if shuffle else base)
         eps.append(np.full(len(base), e, np.int64))
-    rows_a, eps_a = np.concatenate(rows), np.concatenate(eps)
+    rows_a, eps_a = np.concatenate(rows)[skip:], np.concatenate(eps)[skip:]
     block = 4 * batch_size
     tables = [pa.table({"row": rows_a[i : i + block], "epoch": eps_a[i : i + block]})
               for i in range(0, len(rows_a), block)]  # fmt: skip

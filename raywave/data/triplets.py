@@ -38,6 +38,14 @@ class ActivityFilter(StrictModel):
     max_fraction: float = Field(1.0, ge=0, le=1, description="largest fraction of active cells to keep a frame")
     window_frames: int = Field(1, ge=1, description="average the fraction over this many frames (centred)")
 
+    @field_validator("max_fraction")
+    @classmethod
+    def _not_below_min(cls, v: float, info) -> float:  # an empty range would build an empty index silently
+        low = info.data.get("min_fraction")
+        if low is not None and v < low:
+            raise ValueError(f"must be at least min_fraction ({low}), or no frame can pass the filter")
+        return v
+
 
 class Normalization(StrictModel):
     """Calcium -> network input: (c - low) / (high - low), or (c - mean) / std for zscore."""
@@ -63,6 +71,8 @@ class TripletConfig(StrictModel):
     activity: ActivityFilter = Field(default_factory=ActivityFilter)
     normalization: Normalization = Field(default_factory=Normalization)
     augment: Augment = Field(default_factory=Augment)
+    pixels_per_cell: int = Field(1, ge=1, le=64, description="output pixels per lattice cell (RAFT needs >= 128 px)")
+    resample: Literal["nearest", "bilinear"] = Field("nearest", description="how frames are scaled to pixels")
     val_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of simulations held out for validation")
     seed: int = Field(0, ge=0, description="seed of augmentations and shuffling")
 
@@ -135,6 +145,29 @@ def apply_ops(frames: np.ndarray, ops: dict[str, int], crop: int | None) -> np.n
     return frames
 
 
+def _bilinear_matrix(n: int, scale: int) -> np.ndarray:
+    """(n * scale, n) weights of bilinear upsampling by `scale`, half-pixel centres (torch's align_corners=False)."""
+    src = np.maximum((np.arange(n * scale) + 0.5) / scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    w1 = (src - i0).astype(np.float32)
+    m = np.zeros((n * scale, n), np.float32)
+    np.add.at(m, (np.arange(n * scale), i0), 1 - w1)
+    np.add.at(m, (np.arange(n * scale), i1), w1)
+    return m
+
+
+def scale_frames(frames: np.ndarray, scale: int, mode: str = "nearest") -> np.ndarray:
+    """Frames (..., H, W) -> (..., H*scale, W*scale): each cell as a scale x scale block (nearest), or bilinear
+    with half-pixel centres (equal to torch.nn.functional.interpolate(..., mode="bilinear"))."""
+    if scale == 1:
+        return frames
+    if mode == "nearest":
+        return np.repeat(np.repeat(frames, scale, axis=-2), scale, axis=-1)
+    mh, mw = _bilinear_matrix(frames.shape[-2], scale), _bilinear_matrix(frames.shape[-1], scale)
+    return np.einsum("ih,...hw,jw->...ij", mh, frames.astype(np.float32, copy=False), mw, optimize=True)
+
+
 # --- normalisation --------------------------------------------------------------------------------------------
 def _bounds(stats: list[dict], counts: list[int], method: str) -> tuple[float, float]:
     """(low, high) such that normalised = (c - low) / (high - low); zscore gives (mean - 0, mean + std)."""
@@ -176,7 +209,7 @@ def build_index(dataset: str | Location, cfg: TripletConfig, name: str = "defaul
     cfg_json = cfg.model_dump(mode="json")
     if exists(ds.loc, f"{rel}/{PREP}"):
         prep = read_json(ds.loc, f"{rel}/{PREP}")
-        if prep["config"] == cfg_json and not overwrite:
+        if TripletConfig.model_validate(prep["config"]).model_dump(mode="json") == cfg_json and not overwrite:
             return prep
         if not overwrite:
             raise RaywaveError(f"triplets {name!r} exist with another config; use --name NEW or --overwrite")
@@ -222,7 +255,10 @@ def build_index(dataset: str | Location, cfg: TripletConfig, name: str = "defaul
         "simulations": per_sim,
         "n_triplets": table.num_rows,
         "n_val": int(np.sum(table.column("val").to_numpy())),
-        "output_shape": [cfg.augment.crop] * 2 if cfg.augment.crop else list(next(iter(shapes))),
+        "output_shape": [cfg.pixels_per_cell * x for x in ([cfg.augment.crop] * 2 if cfg.augment.crop
+                                                            else list(next(iter(shapes))))],
+        "pixels_per_cell": cfg.pixels_per_cell,
+        "resample": cfg.resample,
     }
     write_json(ds.loc, f"{rel}/{PREP}", prep)  # the commit point
     return prep
@@ -282,7 +318,7 @@ class TripletSource:
             if not augment:
                 ops.update(top=(raw.shape[-2] - (aug.crop or 0)) // 2, left=(raw.shape[-1] - (aug.crop or 0)) // 2)
             norm = self.sims[int(si)]
-            trip = apply_ops(raw, ops, aug.crop)
+            trip = scale_frames(apply_ops(raw, ops, aug.crop), self.cfg.pixels_per_cell, self.cfg.resample)
             if out is None:
                 out = np.empty((len(rows), 3, *trip.shape[-2:]), np.float32)
             np.multiply(trip, np.float32(norm["b"]), out=out[j], casting="unsafe")
