@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,63 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
             f"output directory {str(path)!r} is not writable ({exc.strerror or exc}); choose another --out"
         ) from None
     return path
+
+
+def check_output(target: str | os.PathLike, kind: str = "dir", option: str = "--out") -> str | Path:
+    """THE up-front check of an output location, before anything is computed or written.
+
+    `kind` is "dir" (a directory to create or reuse) or "file" (a file to create or replace). A local path that
+    exists as the wrong kind, or whose nearest existing ancestor is a file or is not writable, and a URI whose
+    scheme no storage layer knows (`foo://x`) or that names an existing object of the wrong kind, are one-line
+    RaywaveErrors naming `option`. Nothing is created: only a temporary probe file, removed at once, shows that
+    the nearest existing directory accepts writes (as root, permission bits alone do not say so).
+    Returns the target as given (a Path for local paths, the URI string otherwise).
+    """
+    if kind not in ("dir", "file"):
+        raise ValueError(f"kind must be 'dir' or 'file', not {kind!r}")
+    text = str(target)
+    if not text.strip():
+        raise RaywaveError(f"{option} is empty; give a path")
+    if "://" in text and not text.startswith("file://"):
+        from raywave.storage import check_output_uri
+
+        check_output_uri(text, kind, option)
+        return text
+    path = Path(text.removeprefix("file://")).expanduser()
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise RaywaveError(f"{option} {text!r} is a file, not a directory; choose a directory")
+    if kind == "file" and path.is_dir():
+        raise RaywaveError(f"{option} {text!r} is a directory; give a file name")
+    probe = path if kind == "dir" else path.parent
+    probe = probe.absolute()
+    while not probe.exists() and probe != probe.parent:
+        if probe.is_symlink():  # a dangling link: the directory it points to cannot be made here
+            raise RaywaveError(f"{option} {text!r} is not writable ({probe} is a broken link); choose another")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RaywaveError(f"{option} {text!r} is not writable ({probe} is a file, not a directory); choose another")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise RaywaveError(
+            f"{option} {text!r} is not writable ({probe}: {exc.strerror or exc}); choose another"
+        ) from None
+    return path
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=-]{0,127}")
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    """A name that becomes a path component (a run, an index, an ensemble member): letters, digits and
+    `._+=-`, not starting with a dot, at most 128 characters; so no separators, no `..`, nothing hidden."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise RaywaveError(
+            f"{what} {name!r} is not a valid name: use letters, digits, '.', '_', '-', '+' or '=' (no '/', "
+            "no leading '.', at most 128 characters)"
+        )
+    return name
 
 
 def _json_default(obj: Any) -> Any:

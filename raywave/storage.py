@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from raywave.errors import RaywaveError
@@ -44,9 +45,29 @@ def resolve(uri: str | Path) -> Location:
         return Location(pafs.LocalFileSystem(), str(Path(text).expanduser().absolute()), text)
     try:
         fs, path = pafs.FileSystem.from_uri(text)
-    except (pafs.ArrowInvalid, ValueError, OSError) as exc:  # type: ignore[attr-defined]
-        raise RaywaveError(f"cannot open storage {text!r}: {exc}; use a local path, file://, s3:// or gs://") from None
+    except (pa.ArrowException, ValueError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise RaywaveError(
+            f"cannot open storage {text!r} ({first}); use a local path, file://, s3:// or gs://"
+        ) from None
     return Location(fs, path.rstrip("/"), text.rstrip("/"))
+
+
+def check_output_uri(uri: str, kind: str = "dir", option: str = "--out") -> Location:
+    """The URI half of `raywave.io.check_output`: the scheme must open, and an existing object must be of the
+    right kind (a directory for "dir", a file for "file"). Object stores are not probed for write access
+    here (that costs a round trip and a write); the first write reports a refusal as one line."""
+    loc = resolve(uri)
+    try:
+        info = loc.fs.get_file_info(loc.path)
+    except (pa.ArrowException, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise RaywaveError(f"{option} {uri!r} cannot be reached ({first})") from None
+    if kind == "dir" and info.type == pafs.FileType.File:
+        raise RaywaveError(f"{option} {uri!r} is a file, not a directory; choose a directory")
+    if kind == "file" and info.type == pafs.FileType.Directory:
+        raise RaywaveError(f"{option} {uri!r} is a directory; give a file name")
+    return loc
 
 
 def exists(loc: Location, rel: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -10,11 +11,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from raywave.config import build, load_yaml, set_dotted
+from raywave.config import load_config
 from raywave.errors import ConfigError
+from raywave.io import check_name, check_output
+from raywave.lock import exclusive
 
 app = typer.Typer(help="Retinal-wave datasets: triplets for NFP, dataset cards.", no_args_is_help=True)
 console = Console()
+
+
+def _dataset_lock(dataset: str | Path):
+    """The writer lock of a local dataset (raywave.lock); object stores have none (see sweep_runner)."""
+    from raywave.data.rw_dataset import RWDataset
+    from raywave.storage import resolve
+
+    RWDataset(dataset).info()  # not a dataset: one line, and no directory made by the lock
+    loc = resolve(dataset)
+    return exclusive(loc.path, "dataset", option="DATASET") if loc.is_local else contextlib.nullcontext()
 
 
 @app.command()
@@ -32,18 +45,18 @@ def triplets(
     """Build the (I1, I2, I3) triplet index: normalisation, activity filter, dt variants, augmentation."""
     from raywave.data.triplets import TripletConfig, build_index
 
-    data = load_yaml(config) if config else {}
+    dts = None
     if dt_s is not None:
         try:
-            data["dt_s"] = [float(x) for x in dt_s.split(",") if x.strip()]
+            dts = [float(x) for x in dt_s.split(",") if x.strip()]
         except ValueError:
             raise ConfigError(f"--dt-s {dt_s!r}: give comma-separated seconds, e.g. 0.1,0.5") from None
-    for key, value in {"augment.crop": crop, "activity.min_fraction": min_active,
-                       "activity.max_fraction": max_active, "normalization.mode": normalization}.items():  # fmt: skip
-        if value is not None:
-            set_dotted(data, key, value)
-    cfg = build(TripletConfig, data, what=f"triplet config {str(config)!r}" if config else "triplet config")
-    with console.status("reading simulations"):
+    overrides = {"dt_s": dts, "augment.crop": crop, "activity.min_fraction": min_active,
+                 "activity.max_fraction": max_active, "normalization.mode": normalization}  # fmt: skip
+    cfg = load_config(TripletConfig, config, overrides, what="triplet config")
+    check_name(name, "--name")
+    check_output(dataset, kind="dir", option="DATASET")
+    with _dataset_lock(dataset), console.status("reading simulations"):
         prep = build_index(dataset, cfg, name, overwrite)
     t = Table(title=f"triplets {name!r}")
     for col in ("simulation", "frames", "kept", "triplets", "split", "low", "high"):
@@ -66,15 +79,28 @@ def describe(
     as_json: bool = typer.Option(False, "--json", help="print the card as one JSON object"),
 ) -> None:
     """A dataset card: simulations, parameters, frames, activity distribution, example triplets."""
+    from raywave.storage import resolve
+
+    if not (threshold_nm > 0 and threshold_nm < float("inf")):
+        raise ConfigError(f"--threshold-nm must be a finite number > 0 (got {threshold_nm})")
+    loc = resolve(dataset)
+    inside = out is None and loc.is_local
+    out = check_output(out or (Path(loc.path) / "card" if loc.is_local else Path("card")), kind="dir")
+    if not inside:
+        from raywave.data.rw_dataset import RWDataset
+
+        RWDataset(dataset).info()
+    with _dataset_lock(dataset) if inside else contextlib.nullcontext():
+        _describe(dataset, out, threshold_nm, examples, verify, as_json)
+
+
+def _describe(dataset: str, out: Path, threshold_nm: float, examples: int, verify: bool, as_json: bool) -> None:
     from raywave.data.card import describe as make_card
     from raywave.io import write_json_atomic
-    from raywave.storage import resolve
     from raywave.viz.dataset import save_activity, save_triplets
 
     card = make_card(dataset, threshold_nm, verify=verify)
     per_sim = card.pop("_activity_per_sim")
-    loc = resolve(dataset)
-    out = out or (Path(loc.path) / "card" if loc.is_local else Path("card"))
     figures = {"activity": save_activity(per_sim, [r["sim_id"] for r in card["simulations"]], threshold_nm,
                                          out / "activity.png")}  # fmt: skip
     if card["triplets"] and examples > 0:

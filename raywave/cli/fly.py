@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -10,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from raywave.errors import ConfigError
+from raywave.io import check_output
 
 app = typer.Typer(help="Fly visual-system network: connectome, simulation, eye rendering, training.",
                   no_args_is_help=True)  # fmt: skip
@@ -65,8 +67,11 @@ def simulate(
     from raywave.io import save_npz_atomic
     from raywave.viz.fly import plot_responses
 
-    if frames < 2 or dt <= 0:
-        raise ConfigError("--frames must be >= 2 and --dt > 0")
+    if frames < 2 or not (math.isfinite(dt) and dt > 0):
+        raise ConfigError("--frames must be >= 2 and --dt a finite number > 0")
+    if not (math.isfinite(angle) and math.isfinite(speed)):
+        raise ConfigError("--angle and --speed must be finite numbers")
+    check_output(out, kind="dir")
     if checkpoint:
         net, _, _ = load_model(checkpoint, str(spec) if spec else None)
     else:
@@ -106,6 +111,9 @@ def render(
     from raywave.fly.train import SyntheticData, synthetic_root
     from raywave.viz.fly import plot_sample
 
+    if splits < 1 or scenes < 2 or frames < 2:
+        raise ConfigError("--splits must be >= 1, --scenes >= 2 and --frames >= 2")
+    check_output(out, kind="dir")
     root = sintel_root or synthetic_root(out, SyntheticData(scenes=scenes, frames=frames))
     from raywave.data.flow_datasets import sintel_scenes
 
@@ -133,14 +141,18 @@ def train_one(
     """Train one model end to end (Adam, stepwise lr, activity penalty, checkpoints, best by validation EPE)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from raywave.fly.train import load_config
+    from raywave.config import load_config
+    from raywave.fly.train import FlyTrainConfig
     from raywave.fly.train import train_one as run
+    from raywave.lock import exclusive
 
-    cfg = load_config(str(config) if config else None, {
+    cfg = load_config(FlyTrainConfig, config, {
         "sintel_root": str(sintel_root) if sintel_root else None, "iterations": iterations, "seed": seed,
-        "checkpoint_every": checkpoint_every, "device": device})  # fmt: skip
-    with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                  TimeRemainingColumn()) as bar:  # fmt: skip
+        "checkpoint_every": checkpoint_every, "device": device}, what="fly train config")  # fmt: skip
+    check_output(out, kind="dir")
+    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+               TimeRemainingColumn())  # fmt: skip
+    with exclusive(out, "training run"), Progress(*columns) as bar:
         task = bar.add_task("train", total=cfg.iterations, loss="-")
         best = run(cfg, out, progress=lambda it, loss: bar.update(task, completed=it, loss=f"{loss:.3g}"))
     console.print(
@@ -165,6 +177,8 @@ def evaluate(
 
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint {checkpoint} does not exist; pick a file from <run>/checkpoints")
+    if out is not None:
+        check_output(out, kind="dir")
     net, dec, ckpt = load_model(checkpoint)
     cfg = FlyTrainConfig.model_validate(ckpt["config"])
     if sintel_root:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from raywave.errors import ConfigError
+from raywave.io import check_output
 
 app = typer.Typer(help="Optical flow: synthetic datasets, RAFT evaluation.", no_args_is_help=True)
 console = Console()
@@ -29,6 +30,9 @@ def synth(
 
     if count < 1 or height < 16 or width < 16 or frames < 2:
         raise ConfigError("--count >= 1, --frames >= 2, and frames of at least 16x16 px")
+    if layout not in ("chairs", "sintel"):
+        raise ConfigError(f"--layout {layout!r}: choose chairs or sintel")
+    check_output(out, kind="dir")
     if layout == "chairs":
         write_chairs(out, count, height, width, seed)
     elif layout == "sintel":
@@ -68,10 +72,10 @@ def evaluate(
     iters = iters or (24 if dataset == "chairs" else 32)
     if iters < 1:
         raise ConfigError("--iters must be >= 1")
+    out = check_output(out or Path(checkpoint).parent / f"eval-{dataset}", kind="dir")
     model = load_raft(checkpoint, variant)
     with frame_progress(f"evaluate {dataset}", quiet=False) as update:
         metrics, rows = run_eval(model, ds, iters, max_samples, progress=update)
-    out = out or Path(checkpoint).parent / f"eval-{dataset}"
     metrics.update(checkpoint=str(checkpoint), dataset=dataset, root=str(root), iters=iters, pairs=len(ds)
                    if max_samples is None else min(max_samples, len(ds)))  # fmt: skip
     write_json_atomic(out / "metrics.json", metrics)

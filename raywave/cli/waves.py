@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from raywave.cli.progress import frame_progress, sweep_progress
-from raywave.config import build, load_yaml, save_model, set_dotted
+from raywave.config import load_config, save_model
 from raywave.errors import ConfigError, RaywaveError
+from raywave.io import check_output
 from raywave.waves.config import SimulationConfig
 
 app = typer.Typer(
@@ -34,16 +36,19 @@ def _parse_param(text: str) -> tuple[str, float]:
         raise ConfigError(f"--param {text!r}: {value!r} is not a number") from None
 
 
+def _positive(option: str, value: float | None) -> None:
+    """A CLI-only number (not a config field) must be finite and > 0."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{option} must be a finite number > 0 (got {value})")
+
+
 def resolve_config(config: Path | None, overrides: dict[str, Any], params: list[str] | None) -> SimulationConfig:
-    """YAML file, then CLI options, then --param NAME=VALUE, validated together."""
-    data = load_yaml(config) if config else {}
-    for key, value in overrides.items():
-        if value is not None:
-            set_dotted(data, key, value)
+    """YAML file, then CLI options, then --param NAME=VALUE, validated together (raywave.config.load_config)."""
+    overrides = dict(overrides)
     for text in params or []:
         name, value = _parse_param(text)
-        set_dotted(data, f"params.{name}", value)
-    return build(SimulationConfig, data, what=f"config {str(config)!r}" if config else "config")
+        overrides[f"params.{name}"] = value
+    return load_config(SimulationConfig, config, overrides)
 
 
 @app.command()
@@ -85,6 +90,7 @@ def simulate(
     }  # fmt: skip
     cfg = resolve_config(config, overrides, param)
     if save_config:
+        check_output(save_config, kind="file", option="--save-config")
         save_model(cfg, save_config)
         console.print(f"wrote {save_config}")
         return
@@ -109,14 +115,13 @@ def generate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Run a sweep of simulations on Ray actors into a parquet dataset; re-run to finish an interrupted one."""
-    from raywave.config import load_model
-    from raywave.data.sweep_config import SweepConfig, expand
+    from raywave.data.sweep_config import load_sweep
     from raywave.data.sweep_runner import run_sweep
 
-    sweep = load_model(SweepConfig, config)
-    if workers is not None:
-        sweep.workers = workers
-    n = len(expand(sweep))
+    sweep, specs = load_sweep(config, workers=workers)
+    if num_cpus is not None and num_cpus < 1:
+        raise ConfigError(f"--num-cpus must be >= 1 (got {num_cpus}); omit it to use every CPU")
+    n = len(specs)  # run_sweep checks --out and --scratch before anything is written
     with sweep_progress(n, quiet) as update:
         report = run_sweep(sweep, out, address=address, scratch=scratch, num_cpus=num_cpus, progress=update)
     console.print(
@@ -142,6 +147,8 @@ def analyze(
     """Wave statistics: events (size, duration, speed), intervals, bursts, power-law fit -> RUN/analysis."""
     from raywave.waves.report import analyze_run
 
+    _positive("--threshold-nm", threshold_nm)
+    check_output(run / "analysis", kind="dir", option="RUN")
     paths = analyze_run(run, threshold_nm)
     stats = json.loads(paths["stats"].read_text())
     if show:
@@ -176,10 +183,10 @@ def snapshot(
     from raywave.viz.waves import save_snapshots
     from raywave.waves.store import RunStore
 
-    if every_s <= 0:
-        raise ConfigError("--every-s must be > 0")
+    _positive("--every-s", every_s)
+    out = check_output(out or Path(run) / "figures" / "snapshots.png", kind="file")
     store = RunStore(run)
-    path = save_snapshots(store.frames("C"), store.times(), out or Path(run) / "figures" / "snapshots.png", every_s)
+    path = save_snapshots(store.frames("C"), store.times(), out, every_s)
     console.print(f"wrote {path}")
 
 
@@ -197,8 +204,11 @@ def movie(
 
     if fps < 1 or stride < 1:
         raise ConfigError("--fps and --stride must be >= 1")
+    if fmt not in ("gif", "mp4"):
+        raise ConfigError(f"--format {fmt!r} is not supported; choose gif or mp4")
+    out = check_output(out or Path(run) / "figures" / f"movie.{fmt}", kind="file")
     store = RunStore(run)
-    path = save_movie(store.frames("C"), store.times(), out or Path(run) / "figures" / f"movie.{fmt}", fps, stride)
+    path = save_movie(store.frames("C"), store.times(), out, fps, stride)
     console.print(f"wrote {path}")
 
 
@@ -222,11 +232,12 @@ def scan_ga(
         values = [float(x) for x in ga_values.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--ga {ga_values!r}: give comma-separated numbers, e.g. 0,0.03,0.1") from None
-    if not values or any(v < 0 for v in values):
-        raise ConfigError("--ga needs at least one value, all >= 0")
+    if not values or any(not (math.isfinite(v) and v >= 0) for v in values):
+        raise ConfigError("--ga needs at least one value, all finite and >= 0")
     overrides = {"height": size, "width": size, "duration_s": duration_s, "transient_s": transient_s,
                  "seed": seed, "backend": backend}  # fmt: skip
     base = resolve_config(config, overrides, param)
+    check_output(out, kind="dir")
     with frame_progress("scan", quiet) as update:
         rows, fig = run_scan(base, values, out, progress=lambda name, d, t: update(d, t))
     t = Table(title="gA scan")

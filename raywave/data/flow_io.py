@@ -96,3 +96,20 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
         raise RaywaveError(f"unsupported image format {path.suffix!r}; use .ppm, .png or .jpg")
     with atomic_path(path) as tmp:
         Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, format=fmt)
+
+
+def check_sample_shapes(item: dict[str, np.ndarray], paths: dict[str, str] | None = None) -> None:
+    """One line when a sample's frames, flow and masks differ in height x width (a .flo from another frame
+    size, a resized image): every array in `item` must share the flow's (H, W). `paths` names the files."""
+    flow = item.get("flow")
+    if flow is None:
+        return
+    want = tuple(flow.shape[:2])
+    for key, arr in item.items():
+        if hasattr(arr, "shape") and arr.ndim >= 2 and tuple(arr.shape[:2]) != want:
+            where = (paths or {}).get(key, key)
+            flo = (paths or {}).get("flow", "its flow")
+            raise RaywaveError(
+                f"{where} is {arr.shape[1]}x{arr.shape[0]} px but {flo} is {want[1]}x{want[0]}; a sample's frames "
+                "and flow must have the same size (replace the mismatched file)"
+            )

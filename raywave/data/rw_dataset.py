@@ -122,8 +122,25 @@ class Simulation:
     def frame_interval_s(self) -> float:
         return self.manifest["config"]["frame_interval_ms"] / 1000.0
 
+    def check_size(self) -> None:
+        """The cheap check every read makes: the frames file exists with the byte size the manifest records
+        (a truncated or replaced file); `verify()` is the full sha256 check (`data describe --verify`)."""
+        import pyarrow.fs as pafs
+
+        expected = self.manifest["frames"].get("bytes")
+        info = self.loc.fs.get_file_info(self.frames_path)
+        fix = f"delete {sim_dir(self.sim_id)} and re-run `raywave waves generate` to rebuild it"
+        if info.type == pafs.FileType.NotFound:
+            raise RaywaveError(f"{self.loc.uri}/{self.manifest['frames']['file']} is missing; {fix}")
+        if expected is not None and info.size != expected:
+            raise RaywaveError(
+                f"{self.loc.uri}/{self.manifest['frames']['file']} has {info.size} bytes, its manifest says "
+                f"{expected}; {fix}"
+            )
+
     def stored(self) -> np.ndarray:
         """Frames as stored (n, H, W) in the storage dtype; a corrupt or truncated file is one clear error."""
+        self.check_size()
         try:
             table = pq.read_table(self.frames_path, columns=["calcium"], filesystem=self.loc.fs)
             arr = table.column("calcium").combine_chunks()

@@ -16,11 +16,12 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from raywave.config import StrictModel, build, set_dotted
+from raywave.config import StrictModel, build, load_config, set_dotted
 from raywave.errors import ConfigError
 from raywave.waves.config import SimulationConfig
 
@@ -45,6 +46,13 @@ class SweepConfig(StrictModel):
             if not values:
                 raise ValueError(f"grid entry {key!r} has no values; give at least one or remove it")
         return v
+
+    @model_validator(mode="after")
+    def _no_empty_grid(self) -> SweepConfig:
+        if "grid" in self.model_fields_set and not self.grid:
+            raise ValueError("grid is empty; give at least one key with values, or remove `grid:` to run the base "
+                             "configuration (and any cases) only")  # fmt: skip
+        return self
 
     @field_validator("seeds")
     @classmethod
@@ -72,6 +80,12 @@ class SimSpec:
 
 def sim_id_of(cfg: SimulationConfig) -> str:
     return f"sim-{cfg.fingerprint()}"
+
+
+def load_sweep(path: str | Path, workers: int | None = None) -> tuple[SweepConfig, list[SimSpec]]:
+    """A sweep file (with `workers` from the command line on top) and its simulations, all validated."""
+    sweep = load_config(SweepConfig, path, {"workers": workers}, what="sweep")
+    return sweep, expand(sweep)
 
 
 def expand(sweep: SweepConfig) -> list[SimSpec]:

@@ -4,6 +4,8 @@ Each actor runs one simulation at a time through `raywave.data.generate.generate
 restarted by Ray and its call retried (`max_retries`); the retry resumes the simulation from its checkpoint.
 A driver that is interrupted leaves committed simulations in place; re-running the sweep skips them.
 Simulations write parquet themselves (pyarrow), so no Ray Data tasks wait for CPUs the actors hold.
+One driver per dataset: the driver holds the dataset's writer lock (raywave.lock) for the whole sweep; for
+object-store datasets the lock lives in the local scratch directory (one driver per dataset per machine).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 from raywave.data.rw_dataset import DATASET_FORMAT, RWDataset
 from raywave.data.sweep_config import SimSpec, SweepConfig, expand
 from raywave.errors import RaywaveError
+from raywave.io import check_output
+from raywave.lock import exclusive, is_lock_file
 from raywave.storage import Location, exists, list_dir, makedirs, read_json, resolve, write_bytes, write_json
 
 
@@ -82,7 +86,7 @@ def prepare_dataset(loc: Location, sweep: SweepConfig, specs: list[SimSpec]) -> 
         info = read_json(loc, "dataset.json")
         if info.get("format") != DATASET_FORMAT:
             raise RaywaveError(f"{loc.uri} holds a dataset of format {info.get('format')!r}, not {DATASET_FORMAT}")
-    elif list_dir(loc, ""):
+    elif [n for n in list_dir(loc, "") if not is_lock_file(n)]:
         raise RaywaveError(f"{loc.uri!r} exists and is not a raywave wave dataset; choose an empty or new --out")
     makedirs(loc)
     sims = list((info or {}).get("simulations", []))
@@ -122,12 +126,24 @@ def run_sweep(
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> SweepReport:
     """Generate every simulation of `sweep` into `out` exactly once; returns what was done."""
+    specs = expand(sweep)  # validates everything before anything is written
+    check_output(out, kind="dir")
+    if scratch:
+        check_output(scratch, kind="dir", option="--scratch")
+    loc = resolve(out)
+    scratch = scratch or default_scratch(loc)
+    with exclusive(loc.path if loc.is_local else scratch, "dataset"):
+        return _run_locked(sweep, specs, loc, address, scratch, num_cpus, progress)
+
+
+def _run_locked(
+    sweep: SweepConfig, specs: list[SimSpec], loc: Location, address: str | None, scratch: str,
+    num_cpus: int | None, progress: Callable[[dict[str, Any]], None] | None,
+) -> SweepReport:  # fmt: skip
     import ray
 
     from raywave.runtime import ray_session
 
-    specs = expand(sweep)  # validates everything before anything is written
-    loc = resolve(out)
     check_writable(loc)
     prepare_dataset(loc, sweep, specs)
     ds = RWDataset(loc)
@@ -146,7 +162,6 @@ def run_sweep(
                 num_cpus=sweep.cpus_per_worker, num_gpus=sweep.gpus_per_worker, max_concurrency=2,
                 max_restarts=sweep.max_retries, max_task_retries=sweep.max_retries,
             )  # fmt: skip
-            scratch = scratch or default_scratch(loc)
             actors = [actor_cls.remote(loc.uri, scratch, threads, sweep.analyze) for _ in range(n_workers)]
             _dispatch(actors, pending, report, frames_each, progress)
             for a in actors:

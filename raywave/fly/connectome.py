@@ -9,6 +9,7 @@ did not report get `n_syn_fill` synapses), exactly as in the published network.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from raywave.errors import RaywaveError
 from raywave.fly import hexlattice
 
 ROLES = ("input", "intermediate", "output")
+MAX_EXTENT = 64  # largest lattice radius a spec's strides are checked against
 
 
 @dataclass(frozen=True)
@@ -115,28 +117,60 @@ def load_spec(path: str | Path) -> dict:
             "--connectome to use the published one"
         )
     try:
-        spec = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _fail(str(path), f"not valid JSON ({exc})") from None
+        spec = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise _fail(str(path), f"not valid UTF-8 JSON ({type(exc).__name__})") from None
+    except OSError as exc:
+        raise RaywaveError(f"cannot read connectome file {path} ({exc.strerror or exc})") from None
     validate_spec(spec, str(path))
     return spec
 
 
+def _check_pattern(source: str, name: str, pattern: object) -> None:
+    """`["stride", [su, sv]]` with positive integer strides, `["tile", n]` with n >= 1, or `["single", ...]`."""
+    try:
+        kind, args = pattern  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise _fail(source, f"node {name!r} needs 'pattern' [kind, args]") from None
+    if kind not in ("stride", "tile", "single"):
+        raise _fail(source, f"node {name!r} has unknown pattern {kind!r} (stride, tile or single)")
+    values = args if kind == "stride" else [args] if kind == "tile" else [1]
+    ok = isinstance(values, list) and len(values) == (2 if kind == "stride" else 1)
+    ok = ok and all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 2 * MAX_EXTENT + 1 for x in values)
+    if not ok:
+        what = "[su, sv], two integers >= 1" if kind == "stride" else "an integer >= 1"
+        raise _fail(source, f"node {name!r} has pattern {kind} {args!r}; its argument must be {what}")
+
+
+def _check_offsets(source: str, src: str, tar: str, offsets: object) -> None:
+    try:
+        ok = isinstance(offsets, list) and len(offsets) > 0
+        ok = ok and all(
+            len(o[0]) == 2 and all(isinstance(d, int) and not isinstance(d, bool) for d in o[0])
+            and math.isfinite(float(o[1])) and float(o[1]) > 0 for o in offsets
+        )  # fmt: skip
+    except (TypeError, ValueError, IndexError):
+        ok = False
+    if not ok:
+        raise _fail(source, f"edge {src} -> {tar} needs offsets [[[du, dv], n_syn > 0], ...] with integer du, dv")
+
+
 def validate_spec(spec: object, source: str = "connectome spec") -> None:
+    """Every structural requirement of the compiler, checked up front so a bad spec is one line, not a crash."""
     if not isinstance(spec, dict):
         raise _fail(source, "top level is not an object")
     for key in ("nodes", "edges", "input_units", "output_units"):
         if key not in spec:
             raise _fail(source, f"missing {key!r}")
+        if not isinstance(spec[key], list) or not spec[key]:
+            raise _fail(source, f"{key!r} must be a non-empty list (got {type(spec[key]).__name__} "
+                                f"{str(spec[key])[:40]})")  # fmt: skip
     names = []
     for i, n in enumerate(spec["nodes"]):
-        try:
-            kind, args = n["pattern"]
-            names.append(n["name"])
-        except (KeyError, TypeError, ValueError):
-            raise _fail(source, f"node {i} needs 'name' and 'pattern' [kind, args]") from None
-        if kind not in ("stride", "tile", "single"):
-            raise _fail(source, f"node {n['name']!r} has unknown pattern {kind!r} (stride, tile or single)")
+        if not isinstance(n, dict) or not isinstance(n.get("name"), str) or not n["name"] or "pattern" not in n:
+            raise _fail(source, f"node {i} needs a 'name' (text) and a 'pattern' [kind, args]")
+        _check_pattern(source, n["name"], n["pattern"])
+        names.append(n["name"])
     if len(set(names)) != len(names):
         raise _fail(source, "cell type names repeat")
     known = set(names)
@@ -145,18 +179,13 @@ def validate_spec(spec: object, source: str = "connectome spec") -> None:
             src, tar, alpha, offsets = e["src"], e["tar"], e["alpha"], e["offsets"]
         except (KeyError, TypeError):
             raise _fail(source, f"edge {i} needs 'src', 'tar', 'alpha' and 'offsets'") from None
-        if src not in known or tar not in known:
+        if not isinstance(src, str) or not isinstance(tar, str) or src not in known or tar not in known:
             raise _fail(source, f"edge {i} ({src} -> {tar}) names an unknown cell type")
-        if alpha not in (1, -1):
+        if alpha not in (1, -1) or isinstance(alpha, bool):
             raise _fail(source, f"edge {src} -> {tar} has sign {alpha!r}, expected 1 or -1")
-        try:
-            ok = all(len(o[0]) == 2 and float(o[1]) > 0 for o in offsets) and len(offsets) > 0
-        except (TypeError, ValueError, IndexError):
-            ok = False
-        if not ok:
-            raise _fail(source, f"edge {src} -> {tar} needs offsets [[[du, dv], n_syn > 0], ...]")
+        _check_offsets(source, src, tar, offsets)
     for key in ("input_units", "output_units"):
-        unknown = [t for t in spec[key] if t not in known]
+        unknown = [t for t in spec[key] if not isinstance(t, str) or t not in known]
         if unknown:
             raise _fail(source, f"{key} names unknown cell types {unknown}")
 
@@ -248,6 +277,8 @@ def compile_spec(
             pair_src.append(s)
             pair_tar.append(t)
             pair_sign.append(float(e["alpha"]))
+    if not src_l:
+        raise _fail("connectome spec", f"no edge reaches a target cell on a lattice of extent {extent}")
     edge_group = np.concatenate(group_l).astype(np.int64)
     group_pair_arr = np.array(group_pair, dtype=np.int64)
     return Connectome(

@@ -25,6 +25,7 @@ WHEEL = "flyvis-1.2.0-py3-none-any.whl"
 WHEEL_SHA256 = "af365b16e870111fcb06782a063f6551b05cce9a105c6eaab9c0bda3b017031f"
 MEMBER = "flyvis/connectome/fib25-fib19_v2.2.json"
 SPEC_BYTES = 618_148
+SPEC_SHA256 = "bfbb0766251ff09e22723d0ebbf7b14793e70b3ae8ad0eea64eac9d28223351a"  # the member of that wheel
 SPEC_NAME = "fib25-fib19_v2.2.json"
 PROVENANCE = {
     "source": "https://pypi.org/project/flyvis/1.2.0/",
@@ -83,8 +84,8 @@ def extract_spec(wheel: Path) -> bytes:
             data = z.read(MEMBER)
     except (zipfile.BadZipFile, KeyError) as exc:
         raise RaywaveError(f"{wheel} is not a usable flyvis wheel ({exc}); delete it and fetch again") from None
-    if len(data) != SPEC_BYTES:
-        raise RaywaveError(f"{MEMBER} in {wheel} has {len(data)} bytes, expected {SPEC_BYTES}")
+    if len(data) != SPEC_BYTES or hashlib.sha256(data).hexdigest() != SPEC_SHA256:
+        raise RaywaveError(f"{MEMBER} in {wheel} is not the expected file (size or sha256 differ)")
     return data
 
 
@@ -96,7 +97,10 @@ def fetch_spec(cache: Path | None = None, wheel: Path | None = None) -> Path:
     root = (cache or cache_dir()) / "flyvis-1.2.0"
     spec, prov = root / SPEC_NAME, root / "provenance.json"
     if spec.exists() and prov.exists():
+        verify_cached(spec, prov)
         return spec
+    if root.exists() and not root.is_dir():
+        raise RaywaveError(f"connectome cache {root} is a file; delete it or set RAYWAVE_CACHE to a directory")
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
         tmp_path = Path(tmp)
@@ -110,6 +114,21 @@ def fetch_spec(cache: Path | None = None, wheel: Path | None = None) -> Path:
         staged_prov.write_text(json.dumps(record, indent=2) + "\n")
         os.replace(staged_prov, prov)
     return spec
+
+
+def verify_cached(spec: Path, prov: Path) -> None:
+    """Re-hash a cached spec against its provenance record and the pinned sha256 of the wheel's member (the
+    record alone could have been rewritten with it): a cache that was edited, truncated or swapped is refused."""
+    fix = f"delete {spec.parent} and run again to fetch it afresh"
+    try:
+        record = json.loads(prov.read_text())
+        expected, size = record["spec_sha256"], record["spec_bytes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RaywaveError(f"connectome provenance record {prov} is unreadable or incomplete; {fix}") from None
+    if record.get("wheel_sha256") != WHEEL_SHA256 or size != SPEC_BYTES:
+        raise RaywaveError(f"the connectome cache {spec.parent} does not come from {WHEEL}; {fix}")
+    if expected != SPEC_SHA256 or spec.stat().st_size != size or sha256_file(spec) != expected:
+        raise RaywaveError(f"the cached connectome {spec} does not match its provenance (sha256 or size); {fix}")
 
 
 def provenance(spec: Path) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from typing import Literal
 
@@ -28,6 +29,8 @@ DEFAULT_UINT8_RANGE: dict[str, tuple[float, float]] = {
 
 
 def _is_multiple(value: float, step: float) -> bool:
+    if not math.isfinite(value / step):  # e.g. 1e308 s in ms
+        return False
     k = round(value / step)
     return k >= 1 and abs(k * step - value) <= 1e-9 * max(1.0, abs(value))
 

@@ -4,9 +4,11 @@
     <run>/manifest.json               status, frame scale per variable, chunk list with sha256, timings
     <run>/frames/<var>_<chunk>.npy    (frames, H, W) in the storage dtype; value = offset + scale * stored
     <run>/checkpoints/state_<chunk>.npz  full state after chunk <chunk> (only the latest is kept)
+    <run>/.raywave.lock               the writer lock (raywave.lock): one writer per run
 
 A chunk's frames are written before its checkpoint, and the manifest last: the manifest is the authority,
-so a run killed at any point resumes from the last chunk the manifest lists.
+so a run killed at any point resumes from the last chunk the manifest lists. Readers check every chunk they
+read against the manifest (shape, dtype, sha256) and refuse a failed run or one without frames yet.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from raywave import __version__
 from raywave.config import load_model, save_model
 from raywave.errors import RaywaveError
 from raywave.io import save_npy_atomic, save_npz_atomic, sha256_file, write_json_atomic
+from raywave.lock import is_lock_file
 from raywave.waves.config import SimulationConfig
 from raywave.waves.equations import STATE_VARIABLES
 
@@ -98,8 +101,8 @@ class RunStore:
                     f"{str(self.root)!r} holds a run with a different configuration; "
                     "use another --out, or --overwrite to replace it"
                 )
-            shutil.rmtree(self.root)
-        elif self.root.exists() and any(self.root.iterdir()):  # never delete what is not a raywave run
+            self._clear()
+        elif self.root.exists() and self._foreign_entries():  # never delete what is not a raywave run
             raise RaywaveError(f"{str(self.root)!r} exists and is not a raywave run; choose an empty --out")
         self.root.mkdir(parents=True, exist_ok=True)
         save_model(cfg, self.root / CONFIG)
@@ -124,6 +127,23 @@ class RunStore:
             "simulated_steps": 0,
             "wall_seconds": 0.0,
         }
+        write_json_atomic(self.manifest_path, man)
+        return man
+
+    def _foreign_entries(self) -> list[str]:
+        """Entries other than the lock and a config.yaml left by a run killed before its first manifest."""
+        return [p.name for p in self.root.iterdir() if not is_lock_file(p.name) and p.name != CONFIG]
+
+    def _clear(self) -> None:
+        """Remove the run's contents (for --overwrite), keeping the writer lock the caller holds."""
+        for p in self.root.iterdir():
+            if is_lock_file(p.name):
+                continue
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+    def fail(self, man: dict, reason: str) -> dict:
+        """Mark the run failed (never complete): readers refuse it, a re-run reports `reason` again."""
+        man = dict(man, status="failed", error=reason)
         write_json_atomic(self.manifest_path, man)
         return man
 
@@ -179,9 +199,22 @@ class RunStore:
         return state, step
 
     # --- reading ---
-    def frames(self, var: str = "C", verify: bool = False) -> np.ndarray:
-        """All recorded frames of `var` in physical units, float32 (n_frames, H, W)."""
+    def readable_manifest(self) -> dict:
+        """The manifest of a run that has frames to read; a failed or frameless run is one clear error."""
         man = self.manifest()
+        if man.get("status") == "failed":
+            raise RaywaveError(f"run {str(self.root)!r} failed: {man.get('error', 'see its manifest')}")
+        if not man.get("n_frames"):
+            raise RaywaveError(
+                f"run {str(self.root)!r} has no frames yet (it stopped before its first checkpoint); "
+                f"re-run the same `raywave waves simulate --out {self.root}` command to continue it"
+            )
+        return man
+
+    def frames(self, var: str = "C", verify: bool = True) -> np.ndarray:
+        """All recorded frames of `var` in physical units, float32 (n_frames, H, W), each chunk checked against
+        the manifest (shape and dtype always; sha256 when `verify`, the default: hashing costs ~1 s per GB)."""
+        man = self.readable_manifest()
         if var not in man["variables"]:
             raise RaywaveError(f"variable {var!r} was not recorded in {self.root}; recorded: {list(man['variables'])}")
         meta = man["variables"][var]
@@ -193,19 +226,29 @@ class RunStore:
         return (meta["offset"] + meta["scale"] * raw.astype(np.float32)).astype(np.float32)
 
     def iter_stored(self, var: str = "C", verify: bool = False, man: dict | None = None):
-        """Yield (first_frame, frames as stored) per chunk, in the storage dtype (no conversion)."""
+        """Yield (first_frame, frames as stored) per chunk, in the storage dtype (no conversion).
+
+        Each chunk must have the shape and dtype the manifest gives; with `verify` its sha256 must match too."""
         man = man or self.manifest()
+        h, w = man["shape"]
+        dtype = np.dtype(man["variables"][var]["dtype"])
         for c in man["chunks"]:
             if not c["n_frames"]:
                 continue
             entry = c["files"][var]
             path = self.root / entry["file"]
-            if verify and sha256_file(path) != entry["sha256"]:
-                raise RaywaveError(f"{path} is corrupt (checksum mismatch)")
+            fix = "re-run with --overwrite to simulate it again"
             try:
-                yield c["first_frame"], np.load(path)
-            except (OSError, ValueError) as exc:
-                raise RaywaveError(f"{path} is missing or corrupt ({exc})") from None
+                if verify and sha256_file(path) != entry["sha256"]:
+                    raise RaywaveError(f"{path} is corrupt (its sha256 differs from the manifest's); {fix}")
+                raw = np.load(path)
+            except (OSError, ValueError, EOFError) as exc:
+                raise RaywaveError(f"{path} is missing or corrupt ({type(exc).__name__}); {fix}") from None
+            if raw.shape != (c["n_frames"], h, w) or raw.dtype != dtype:
+                raise RaywaveError(
+                    f"{path} holds {raw.dtype} {raw.shape}, the manifest says {dtype} {(c['n_frames'], h, w)}; {fix}"
+                )
+            yield c["first_frame"], raw
 
     def times(self) -> np.ndarray:
         """Time (s) of every recorded frame."""
