@@ -11,7 +11,7 @@ from rich.table import Table
 from raywave.errors import ConfigError
 from raywave.io import check_output
 
-app = typer.Typer(help="Optical flow: synthetic datasets, RAFT evaluation.", no_args_is_help=True)
+app = typer.Typer(help="Optical flow: synthetic datasets, RAFT training in stages, evaluation.", no_args_is_help=True)
 console = Console()
 
 
@@ -87,3 +87,62 @@ def evaluate(
     t.add_row(*(f"{metrics[k]:.3f}" for k in ("epe", "1px", "3px", "5px", "noc_epe", "occ_epe") if k in metrics))
     console.print(t)
     console.print(f"wrote {out / 'metrics.json'} and {panels}")
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML: these options as keys, and stages"),
+    strategy: str = typer.Option(None, help="scratch, finetune, freeze_encoder_bn, freeze_encoder or freeze_bn"),
+    nfp: str = typer.Option(None, help="NFP run directory or checkpoint (`raywave nfp pretrain`) to transfer from"),
+    variant: str = typer.Option(None, help="RAFT variant: basic or small (default basic)"),
+    stages: str = typer.Option(None, help="stages with the reference's presets (default chairs,sintel)"),
+    chairs_root: str = typer.Option(None, help="FlyingChairs root (default: synthetic data)"),
+    sintel_root: str = typer.Option(None, help="MPI-Sintel root (default: synthetic data)"),
+    data_fraction: float = typer.Option(None, help="a seeded, nested subset of the pairs (0, 1]"),
+    seed: int = typer.Option(None, help="seed of initialisation, data order, augmentation and subset (default 0)"),
+    workers: int = typer.Option(None, help="Ray Train workers (default 1; 0 = plain loop in this process)"),
+    precision: str = typer.Option(None, help="fp32, bf16 or fp16 autocast (default fp32; correlation stays fp32)"),
+    device: str = typer.Option(None, help="auto, cpu or cuda (default auto: a GPU per worker when there are GPUs)"),
+    checkpoint_every: int = typer.Option(None, help="checkpoint every N steps (default 1000)"),
+    target_epe: str = typer.Option(None, help="comma-separated target EPEs of the training-efficiency summary"),
+    cpus_per_worker: float = typer.Option(None, help="Ray CPUs per worker (default: a fair share)"),
+    threads: int = typer.Option(None, help="torch threads per worker (default 1)"),
+    max_failures: int = typer.Option(None, help="worker-group restarts (default 2)"),
+    address: str = typer.Option(None, help="Ray cluster address (default RAY_ADDRESS or an embedded Ray)"),
+    out: str = typer.Option(None, help="run directory (path or URI); the same --out resumes"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Train RAFT in stages (chairs -> sintel) under a transfer strategy; resumable, on Ray Train."""
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
+    from raywave.ofe.run import load, train_run
+
+    if target_epe is not None:
+        overrides["target_epe"] = _floats(target_epe, "--target-epe")
+    cfg = load(config, overrides)
+    rec = train_run(cfg, quiet=quiet, log=lambda msg: console.print(msg, highlight=False))
+    _print_summary(rec)
+    typer.echo(cfg.out)
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} {text!r}: give comma-separated numbers, e.g. 5,3,2") from None
+
+
+def _print_summary(rec: dict) -> None:
+    s = rec.get("summary") or {}
+    final = s.get("final") or {}
+    if final:
+        console.print(f"validation EPE {final['val_epe']:.3f} (zero flow {final['val_zero_epe']:.3f}, ratio "
+                      f"{final['val_epe_ratio']:.3f}) at step {final['step']}", highlight=False)  # fmt: skip
+    eff = [e for e in s.get("efficiency", []) if e.get("metric") == "val_epe"]
+    if eff:
+        t = Table(title="training efficiency: first validation at or below each target EPE")
+        for col in ("target EPE", "step", "samples"):
+            t.add_column(col, justify="right")
+        for e in eff:
+            cells = (str(e[k]) if e[k] is not None else "not reached" for k in ("step", "samples"))
+            t.add_row(f"{e['target']:g}", *cells)
+        console.print(t)

@@ -112,7 +112,8 @@ class RAFT(nn.Module):
         image1 = (2 * (image1 / 255.0) - 1.0).contiguous()
         image2 = (2 * (image2 / 255.0) - 1.0).contiguous()
         fmap1, fmap2 = self.fnet([image1, image2])
-        corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=s.corr_levels, radius=s.corr_radius)
+        with torch.autocast(image1.device.type, enabled=False):  # the correlation volume stays fp32 (reference)
+            corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=s.corr_levels, radius=s.corr_radius)
         net, inp = torch.split(self.cnet(image1), [s.hidden_dim, s.context_dim], dim=1)
         steps = list(iterate_flow(self.update_block, corr_fn, torch.tanh(net), torch.relu(inp), iters, flow_init))
         if test_mode:
