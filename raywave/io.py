@@ -83,13 +83,19 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def check_output(target: str | os.PathLike, kind: str = "dir", option: str = "--out") -> str | Path:
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")  # also what a Path makes of "s3://b" ("s3:/b")
+
+
+def check_output(
+    target: str | os.PathLike, kind: str = "dir", option: str = "--out", uri_ok: bool = False
+) -> str | Path:
     """THE up-front check of an output location, before anything is computed or written.
 
     `kind` is "dir" (a directory to create or reuse) or "file" (a file to create or replace). A local path that
     exists as the wrong kind, or whose nearest existing ancestor is a file or is not writable, and a URI whose
     scheme no storage layer knows (`foo://x`) or that names an existing object of the wrong kind, are one-line
-    RaywaveErrors naming `option`. Nothing is created: only a temporary probe file, removed at once, shows that
+    RaywaveErrors naming `option`; so is any URI but file:// unless `uri_ok` (the command writes through
+    raywave.storage). Nothing is created: only a temporary probe file, removed at once, shows that
     the nearest existing directory accepts writes (as root, permission bits alone do not say so).
     Returns the target as given (a Path for local paths, the URI string otherwise).
     """
@@ -98,7 +104,12 @@ def check_output(target: str | os.PathLike, kind: str = "dir", option: str = "--
     text = str(target)
     if not text.strip():
         raise RaywaveError(f"{option} is empty; give a path")
-    if "://" in text and not text.startswith("file://"):
+    if _URI.match(text) and not text.startswith("file://"):
+        if not uri_ok or "://" not in text:
+            raise RaywaveError(
+                f"{option} {text!r} looks like a URI; this command writes a local directory or file (object "
+                "storage is for `raywave waves generate --out s3://...`)"
+            )
         from raywave.storage import check_output_uri
 
         check_output_uri(text, kind, option)

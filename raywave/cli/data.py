@@ -55,7 +55,7 @@ def triplets(
                  "activity.max_fraction": max_active, "normalization.mode": normalization}  # fmt: skip
     cfg = load_config(TripletConfig, config, overrides, what="triplet config")
     check_name(name, "--name")
-    check_output(dataset, kind="dir", option="DATASET")
+    check_output(dataset, kind="dir", option="DATASET", uri_ok=True)
     with _dataset_lock(dataset), console.status("reading simulations"):
         prep = build_index(dataset, cfg, name, overwrite)
     t = Table(title=f"triplets {name!r}")

@@ -127,7 +127,7 @@ def run_sweep(
 ) -> SweepReport:
     """Generate every simulation of `sweep` into `out` exactly once; returns what was done."""
     specs = expand(sweep)  # validates everything before anything is written
-    check_output(out, kind="dir")
+    check_output(out, kind="dir", uri_ok=True)
     if scratch:
         check_output(scratch, kind="dir", option="--scratch")
     loc = resolve(out)
