@@ -15,6 +15,7 @@ from raywave.cli.doctor import doctor
 from raywave.cli.fly import app as fly_app
 from raywave.cli.job import app as job_app
 from raywave.cli.ofe import app as ofe_app
+from raywave.cli.sweep import app as sweep_app
 from raywave.cli.waves import app as waves_app
 from raywave.errors import RaywaveError
 
@@ -30,6 +31,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(ofe_app, name="ofe")
 app.add_typer(fly_app, name="fly")
 app.add_typer(bench_app, name="bench")
+app.add_typer(sweep_app, name="sweep")
 app.add_typer(job_app, name="job")
 app.command("doctor")(doctor)
 

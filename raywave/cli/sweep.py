@@ -1,0 +1,53 @@
+"""`raywave sweep ...`: Ray Tune sweeps of transfer strategies and NFP settings, and their analysis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from raywave.errors import ConfigError
+
+app = typer.Typer(help="Ray Tune sweeps (transfer strategies, NFP settings) and their report.", no_args_is_help=True)
+console = Console()
+
+
+def parse_targets(text: str | None) -> list[float]:
+    if not text:
+        return []
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--target-epe {text!r}: give comma-separated numbers, e.g. 5,3,2") from None
+    if any(v <= 0 for v in values):
+        raise ConfigError(f"--target-epe {text!r}: targets must be > 0")
+    return values
+
+
+@app.command()
+def analyze(
+    sweep: Path = typer.Argument(..., help="the sweep folder (the --out of `sweep transfer` / `sweep nfp`)"),
+    target_epe: str = typer.Option("5,3,2", "--target-epe", help="comma-separated EPE targets for efficiency"),
+    out: Path = typer.Option(None, "--out", "-o", help="report folder (default SWEEP/report)"),
+    reps: int = typer.Option(2000, help="bootstrap resamples per interval"),
+    seed: int = typer.Option(0, help="seed of the bootstrap"),
+    stage: str = typer.Option(None, help="validation stage to analyse (default: the last stage)"),
+    compare: str = typer.Option(None, help="nfp sweeps: the key whose values are compared (default iters)"),
+) -> None:
+    """Report of a sweep's results (no Ray needed): HTML (figures embedded) + Markdown + a CSV per table."""
+    from raywave.tune.analysis import analyze as run_analysis
+    from raywave.tune.layout import load_sweep
+    from raywave.tune.report import write_report
+
+    targets = parse_targets(target_epe)
+    if reps < 100:
+        raise ConfigError(f"--reps {reps}: use at least 100 bootstrap resamples (2000 is the default)")
+    data = load_sweep(sweep)
+    with console.status(f"analysing {len(data.trials)} trials"):
+        analysis = run_analysis(data, targets, reps=reps, seed=seed, stage=stage, compare=compare)
+        written = write_report(analysis, out or sweep / "report")
+    for sentence in analysis.sentences:
+        console.print(f"- {sentence}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {written['report.html']}, {written['report.md']} and "
+                  f"{sum(k.endswith('.csv') for k in written)} CSV tables", highlight=False)  # fmt: skip

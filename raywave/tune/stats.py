@@ -1,0 +1,121 @@
+"""Interval estimates over seeds: the stratified bootstrap of Agarwal et al., "Deep Reinforcement Learning at
+the Edge of the Statistical Precipice" (NeurIPS 2021), with percentile intervals as in their `rliable`.
+
+Runs (seeds) are resampled with replacement *within* each stratum (a task: here one setting such as a data
+fraction), the aggregate is computed over the pooled resample, and the interval is the 2.5th-97.5th percentile
+of the bootstrap distribution. `scipy.stats.bootstrap` with one data sample per stratum does exactly this: it
+resamples each sample independently. (`rliable` itself needs `arch`, whose current release does not import
+with pandas 3, which Ray installs here.)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+
+
+def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean: the mean of the middle 50% (25% trimmed from each end), as rliable defines it."""
+    return stats.trim_mean(x, 0.25, axis=axis)
+
+
+AGGREGATES = {"mean": np.mean, "median": np.median, "iqm": iqm}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its 95% interval (nan bounds: too few runs for an interval)."""
+
+    value: float
+    lo: float
+    hi: float
+    n: int
+
+    def excludes(self, x: float) -> int:
+        """+1 if the whole interval lies above x, -1 if below, 0 if it contains x or is undefined."""
+        if math.isnan(self.lo) or math.isnan(self.hi):
+            return 0
+        return 1 if self.lo > x else -1 if self.hi < x else 0
+
+
+def _clean(strata: list[np.ndarray]) -> list[np.ndarray]:
+    out = [np.asarray(s, dtype=float) for s in strata]
+    return [s[~np.isnan(s)] for s in out if np.any(~np.isnan(s))]
+
+
+def stratified_interval(strata: list[np.ndarray], aggregate: str, reps: int = 2000, seed: int = 0) -> Estimate:
+    """`aggregate` (mean | median | iqm) of the pooled runs, with a stratified-bootstrap 95% interval.
+
+    A stratum with a single run cannot be resampled; it enters every resample unchanged. With fewer than two
+    runs in every stratum there is no interval (nan bounds)."""
+    strata = _clean(strata)
+    fn = AGGREGATES[aggregate]
+    if not strata:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    pooled = np.concatenate(strata)
+    value = float(fn(pooled))
+    varying = [s for s in strata if s.size >= 2]
+    fixed = np.concatenate([s for s in strata if s.size < 2] or [np.zeros(0)])
+    if not varying:
+        return Estimate(value, math.nan, math.nan, pooled.size)
+
+    def statistic(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        batch = samples[0].shape[:-1]
+        parts = [*samples, np.broadcast_to(fixed, (*batch, fixed.size))]
+        return fn(np.concatenate(parts, axis=-1), axis=-1)
+
+    lo, hi = _bootstrap(tuple(varying), statistic, reps, seed, paired=False)
+    return Estimate(value, lo, hi, pooled.size)
+
+
+def probability_of_improvement(pairs: list[tuple[np.ndarray, np.ndarray]], reps: int = 2000,
+                               seed: int = 0) -> Estimate:  # fmt: skip
+    """P(X better than Y) for lower-is-better scores: per stratum the Mann-Whitney statistic
+    mean_ij([x_i < y_j] + 0.5 [x_i == y_j]), averaged over strata (Agarwal et al.'s definition); interval by
+    resampling X and Y independently within each stratum."""
+    pairs = [(np.asarray(x, float), np.asarray(y, float)) for x, y in pairs]
+    pairs = [(x[~np.isnan(x)], y[~np.isnan(y)]) for x, y in pairs]
+    pairs = [(x, y) for x, y in pairs if x.size and y.size]
+    if not pairs:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+
+    def statistic(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        per = []
+        for x, y in zip(samples[0::2], samples[1::2], strict=True):
+            xi, yj = x[..., :, None], y[..., None, :]
+            per.append(np.mean((xi < yj) + 0.5 * (xi == yj), axis=(-2, -1)))
+        return np.mean(per, axis=0)
+
+    flat = tuple(a for xy in pairs for a in xy)
+    value = float(statistic(*flat))
+    n = sum(min(x.size, y.size) for x, y in pairs)
+    if any(a.size < 2 for a in flat):
+        return Estimate(value, math.nan, math.nan, n)
+    lo, hi = _bootstrap(flat, statistic, reps, seed, paired=False)
+    return Estimate(value, lo, hi, n)
+
+
+def _bootstrap(data: tuple[np.ndarray, ...], statistic, reps: int, seed: int, paired: bool) -> tuple[float, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate (all-equal) resamples are fine for percentile intervals
+        res = stats.bootstrap(data, statistic, n_resamples=reps, vectorized=True, axis=-1, paired=paired,
+                              confidence_level=CONFIDENCE, method="percentile",
+                              rng=np.random.default_rng(seed))  # fmt: skip
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def verdict(diff: Estimate, poi: Estimate) -> str:
+    """helped / hurt / indistinguishable from the paired mean difference (strategy - baseline, lower is better)
+    and the probability of improvement: "helped" needs the difference's interval below 0 *and* the probability
+    of improvement's interval above 0.5; "hurt" the mirror image; anything else is indistinguishable."""
+    if diff.excludes(0.0) < 0 and poi.excludes(0.5) > 0:
+        return "helped"
+    if diff.excludes(0.0) > 0 and poi.excludes(0.5) < 0:
+        return "hurt"
+    return "indistinguishable"
