@@ -30,9 +30,9 @@ def wave_dataset(root, side: int = 16, frames: int = 24, sims: int = 4, ppc: int
     while len(ids) < sims:
         sim_id = f"sim-{k:04d}"
         k += 1
-        n_val = sum(_is_val(s, val_fraction) for s in ids)
-        if _is_val(sim_id, val_fraction) and n_val >= 1 or not _is_val(sim_id, val_fraction) and len(ids) - n_val >= sims - 1:
-            continue
+        n_val, is_val = sum(_is_val(s, val_fraction) for s in ids), _is_val(sim_id, val_fraction)
+        if (is_val and n_val >= 1) or (not is_val and len(ids) - n_val >= sims - 1):
+            continue  # exactly one validation simulation
         ids.append(sim_id)
     for i, sim_id in enumerate(ids):
         angle = 2 * np.pi * i / sims

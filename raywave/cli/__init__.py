@@ -14,6 +14,7 @@ from raywave.cli.data import app as data_app
 from raywave.cli.doctor import doctor
 from raywave.cli.fly import app as fly_app
 from raywave.cli.job import app as job_app
+from raywave.cli.nfp import app as nfp_app
 from raywave.cli.ofe import app as ofe_app
 from raywave.cli.sweep import app as sweep_app
 from raywave.cli.waves import app as waves_app
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 app.add_typer(waves_app, name="waves")
 app.add_typer(data_app, name="data")
+app.add_typer(nfp_app, name="nfp")
 app.add_typer(ofe_app, name="ofe")
 app.add_typer(fly_app, name="fly")
 app.add_typer(bench_app, name="bench")

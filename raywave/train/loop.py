@@ -98,8 +98,9 @@ def step_generator(seed: int, step: int, rank: int = 0, device: str | torch.devi
 def make_optimizer(params, st: StageConfig) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW + OneCycleLR (linear warm-up over `warmup` of the stage, then linear decay), as RAFT's recipe."""
     opt = torch.optim.AdamW(params, lr=st.lr, weight_decay=st.weight_decay, eps=1e-8)
+    warm = max(1, round(st.warmup * st.steps))  # the peak lands exactly on step `warm` (>= 1: OneCycle needs it)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=st.lr, total_steps=st.steps + 1, pct_start=max(st.warmup, 1e-6), cycle_momentum=False,
+        opt, max_lr=st.lr, total_steps=st.steps + 1, pct_start=(warm + 1) / (st.steps + 1), cycle_momentum=False,
         anneal_strategy="linear",
     )  # fmt: skip
     return opt, sched

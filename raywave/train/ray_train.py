@@ -21,6 +21,7 @@ share (a 2-worker run on 2 CPUs would otherwise starve them: ray#44687).
 from __future__ import annotations
 
 import importlib
+import os
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -130,7 +131,8 @@ def train_func(config: dict) -> None:
     ctx = Context(rank=rank, world=world, device=device, seed=config["seed"], precision=config["precision"],
                   batches=batches, stop_after=config["stop_after"])  # fmt: skip
     log = MetricsLog(config["run_dir"]) if rank == 0 else None
-    train(task, model, ctx, RayStore(config["run_dir"], rank), log, progress=log.progress if log else None)
+    progress = (lambda info: log.progress({**info, "pid": os.getpid()})) if log else None
+    train(task, model, ctx, RayStore(config["run_dir"], rank), log, progress=progress)
     if log is not None:
         log.progress({"finished": True}, force=True)
         log.close()
