@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from raywave.cli.bench import app as bench_app
 from raywave.cli.data import app as data_app
+from raywave.cli.demo import demo
 from raywave.cli.doctor import doctor
 from raywave.cli.fly import app as fly_app
 from raywave.cli.job import app as job_app
@@ -36,6 +37,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(sweep_app, name="sweep")
 app.add_typer(job_app, name="job")
 app.command("doctor")(doctor)
+app.command("demo")(demo)
 
 
 def _error_line(message: str, code: int = 2) -> NoReturn:
