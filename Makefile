@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.raywave-installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup run test test-slow bench lint clean
+.PHONY: setup run test test-slow bench lint clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,6 +41,10 @@ test-slow: setup
 bench: setup
 	$(BIN)/raywave bench waves
 	$(BIN)/raywave bench data
+
+## The CLI reference docs/cli.md, generated from the Typer app (tests/test_cli_docs.py fails when it is stale).
+docs: setup
+	$(BIN)/python docs/gen_cli.py
 
 lint: setup
 	$(BIN)/ruff check raywave tests
