@@ -17,6 +17,7 @@ from raywave.data.triplets import (
     apply_ops,
     augment_ops,
     build_index,
+    scale_frames,
     triplet_starts,
 )
 from raywave.errors import ConfigError, RaywaveError
@@ -153,6 +154,28 @@ def test_normalisation_modes(tmp_path):
     assert z.sims[0]["high"] - low == pytest.approx(both.std(dtype=np.float64), rel=1e-4)
 
 
+def test_pixels_per_cell_scaling(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    x = np.random.default_rng(0).random((3, 5, 7)).astype(np.float32)
+    np.testing.assert_array_equal(scale_frames(x, 3, "nearest"), np.kron(x, np.ones((1, 3, 3), np.float32)))
+    ref = F.interpolate(torch.from_numpy(x)[None], scale_factor=4, mode="bilinear", align_corners=False)[0].numpy()
+    np.testing.assert_allclose(scale_frames(x, 4, "bilinear"), ref, rtol=1e-5, atol=1e-6)
+    assert scale_frames(x, 1, "bilinear") is x
+    m = movie(12)  # 12x12 cells
+    root = make(tmp_path, {"sim-a": m})
+    prep = build_index(root, plain(pixels_per_cell=2, resample="nearest", augment={"crop": 8}))
+    assert prep["output_shape"] == [16, 16] and prep["pixels_per_cell"] == 2 and prep["resample"] == "nearest"
+    assert prep["config"]["pixels_per_cell"] == 2
+    src = TripletSource(root)
+    got = src.get(src.rows("all")[:2], augment=False)["frames"]
+    lo, hi = m.min(), m.max()
+    t0 = src._cols["t0"][0]
+    expect = np.kron((m[[t0, t0 + 1, t0 + 2], 2:10, 2:10] - lo) / (hi - lo), np.ones((1, 2, 2), np.float32))
+    np.testing.assert_allclose(got[0], expect, rtol=1e-5, atol=1e-6)  # centre crop 8x8 cells -> 16x16 px
+
+
 def test_torch_dataset_and_loader(tmp_path):
     root = make(tmp_path, {"sim-a": movie(40, seed=3), "sim-b": movie(40, seed=4)})
     build_index(root, plain(augment={"crop": 8, "rot90": True, "hflip": True}, val_fraction=0.5))
@@ -184,7 +207,7 @@ def test_bad_triplet_input(tmp_path):
     sim = RWDataset(root).simulation("sim-a")
     path = tmp_path / "ds" / "simulations" / "sim-a" / "frames.parquet"
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(RaywaveError, match="unreadable or corrupt"):
+    with pytest.raises(RaywaveError, match="unreadable or corrupt|manifest says"):
         build_index(root, plain())
     with pytest.raises(RaywaveError, match="checksum"):
         sim.verify()
@@ -196,11 +219,12 @@ def test_ray_data_pipeline_matches_the_plain_dataset(ray_local, tmp_path):
 
     a, b = movie(30, seed=5), movie(30, seed=6)
     root = make(tmp_path, {"sim-a": a, "sim-b": b})
-    build_index(root, plain(augment={"crop": 8, "rot90": True, "hflip": True, "vflip": True}, dt_s=[0.1, 0.2]))
+    build_index(root, plain(augment={"crop": 8, "rot90": True, "hflip": True, "vflip": True}, dt_s=[0.1, 0.2],
+                            pixels_per_cell=2, resample="bilinear"))  # fmt: skip
     ds = triplet_dataset(root, epoch=3, batch_size=8, workers=2)
     got = {}
     for batch in ds.iter_torch_batches(batch_size=16):
-        assert batch["frames"].shape[1:] == (3, 8, 8)
+        assert batch["frames"].shape[1:] == (3, 16, 16)  # 8x8 cells at 2 px per cell
         for row, frames in zip(batch["row"].tolist(), batch["frames"].numpy(), strict=True):
             got[row] = frames
     plain_ds = TripletDataset(root, epoch=3)

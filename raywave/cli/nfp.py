@@ -90,6 +90,11 @@ def pretrain_run(cfg: PretrainConfig, quiet: bool = False, stop_after: int | Non
     opts = FitOptions(workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=cfg.gpus_per_worker,
                       max_failures=cfg.max_failures, threads=cfg.threads, precision=cfg.precision, seed=cfg.seed,
                       stop_after=stop_after)  # fmt: skip
+    embedded = not (cfg.address or os.environ.get("RAY_ADDRESS"))
+    if cfg.workers > 0 and embedded:  # the embedded Ray will have this machine's CPUs and GPUs: check first
+        import torch
+
+        check_resources({"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}, opts, 0.25)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch on a loaded box; inherited by local Ray workers
     t0 = time.time()
     with contextlib.ExitStack() as stack:
