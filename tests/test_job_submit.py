@@ -171,8 +171,10 @@ def test_submit_wait_status_logs_list_stop(head):
     logs = head.cli("job", "logs", job_id, "-a", head.address)
     assert logs.returncode == 0 and "1 generated" in " ".join(logs.stdout.split())
 
+    workdir = head.root / "sleeper"  # a small working dir (never the head's temp dir, which holds its sockets)
+    workdir.mkdir()
     sleeper = head.cli("job", "submit", "-a", head.address, "--submission-id", "rw-sleeper",
-                       "-w", str(head.root), "--", "python", "-c",
+                       "-w", str(workdir), "--", "python", "-c",
                        "import time; print('sleeping', flush=True); time.sleep(600)")  # fmt: skip
     assert sleeper.returncode == 0, sleeper.stderr
     listed = head.cli("job", "list", "-a", head.address, "--json")

@@ -134,6 +134,10 @@ def stop(
     from raywave import jobs
 
     client = jobs.connect(address, token_file)
+    before = jobs.info(client, job_id)
+    if str(before.status) in jobs.TERMINAL:
+        console.print(f"job {job_id} had already ended: {before.status}", highlight=False)
+        return
     details = jobs.stop(client, job_id, wait_s)
     console.print(f"job {job_id}: {details.status}", highlight=False)
 

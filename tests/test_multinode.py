@@ -1,0 +1,216 @@
+"""Unchanged on a cluster, and a node lost (issue 15, acceptance 5).
+
+A head and two worker nodes on this machine (Ray's own `ray.cluster_utils.Cluster`, at the node's own IP: Ray
+resolves a 127.0.0.1 address to that IP, so a cluster bound to loopback only cannot be reached by address; served
+from a helper process
+with its own RAY_TMPDIR, its own token and its own session, so nothing else on the host can attach to it or be
+touched by its shutdown), storage shared through a temp folder. The real CLI runs against it with `--address`;
+a worker node is removed while a simulation runs on it; the command finishes with every simulation exactly
+once, the interrupted one bit-identical to the same simulation run alone. The same `waves generate` command
+against the embedded default is covered by tests/test_sweep.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from .conftest import ROOT
+
+SYSTEM_CONFIG = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
+                 "health_check_failure_threshold": 3}  # a lost node is declared dead in ~3 s  # fmt: skip
+SWEEP = {"base": {"height": 8, "width": 8, "duration_s": 1.0, "checkpoint_every_s": 0.1, "storage_dtype": "uint8",
+                  "compile": "off"},
+         "seeds": [1, 2, 3, 4], "workers": 4, "cpus_per_worker": 0.5, "max_retries": 3,
+         "analyze": False}  # fmt: skip
+
+
+def serve_cluster(info_path: str, workers: int = 2, cpus: int = 2) -> None:
+    """Run in a helper process: start the cluster, write its address and raylet pids to `info_path`, then obey
+    lines on stdin: `remove I` (kill worker node I without grace), `quit` (shut everything down)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, shutdown_at_exit=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False,
+        "object_store_memory": 100 * 2**20, "_system_config": SYSTEM_CONFIG})  # fmt: skip
+    nodes = [cluster.add_node(num_cpus=cpus, object_store_memory=100 * 2**20) for _ in range(workers)]
+    cluster.wait_for_nodes()
+    raylets = [n.all_processes["raylet"][0].process.pid for n in nodes]
+    Path(info_path + ".tmp").write_text(json.dumps({"address": cluster.address, "raylets": raylets}))
+    os.replace(info_path + ".tmp", info_path)
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[:1] == ["remove"]:
+            cluster.remove_node(nodes[int(cmd[1])], allow_graceful=False)
+            print("removed", flush=True)
+        elif cmd[:1] == ["quit"]:
+            break
+    cluster.shutdown()
+
+
+def _processes_with(marker: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+    return pids
+
+
+def _ancestors(pid: int) -> set[int]:
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return seen
+
+
+class LoopbackCluster:
+    def __init__(self, root: Path):
+        self.root = root
+        token = root / "token"
+        token.write_text(secrets.token_hex(32))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        self.env.update(RAY_TMPDIR=str(root), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
+                        PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # fmt: skip
+        info = root / "cluster.json"
+        code = f"from tests.test_multinode import serve_cluster; serve_cluster({str(info)!r})"
+        self.log = open(root / "cluster.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=self.env, text=True,
+                                     stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # fmt: skip
+        deadline = time.time() + 240
+        while not info.exists():
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"the loopback cluster did not start: {(root / 'cluster.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        data = json.loads(info.read_text())
+        self.address, self.raylets = data["address"], data["raylets"]
+
+    def node_of(self, pid: int) -> int | None:
+        """Which worker node (index) runs process `pid`: the one whose raylet is its ancestor."""
+        parents = _ancestors(pid)
+        return next((i for i, r in enumerate(self.raylets) if r in parents), None)
+
+    def remove(self, index: int) -> None:
+        self.proc.stdin.write(f"remove {index}\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        """Shut down only this cluster: ask the helper, then SIGKILL its session and anything with our dir."""
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(60)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in _processes_with(str(self.root)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def loopback_cluster():
+    root = Path(tempfile.mkdtemp(prefix="rwmn-", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    cluster = LoopbackCluster(root)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        assert not _processes_with(str(root)), "a process of this test's cluster survived"
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _sim_running_on_a_worker(cluster: LoopbackCluster, scratch: Path) -> tuple[str, int] | None:
+    """(sim_id, node index) of a simulation that has written a checkpoint chunk and is still running."""
+    for pid_file in scratch.glob("*.pid"):
+        sim_id = pid_file.stem
+        run_manifest = scratch / sim_id / "run" / "manifest.json"
+        with contextlib.suppress(ValueError, OSError, json.JSONDecodeError):
+            man = json.loads(run_manifest.read_text())
+            if man["chunks"] and man.get("status") != "complete":
+                node = cluster.node_of(int(pid_file.read_text()))
+                if node is not None:
+                    return sim_id, node
+    return None
+
+
+def test_waves_generate_survives_a_lost_node(loopback_cluster, tmp_path):
+    from raywave.config import build
+    from raywave.data.rw_dataset import RWDataset
+    from raywave.data.sweep_config import SweepConfig, expand
+    from raywave.waves.simulate import simulate
+
+    shared = loopback_cluster.root / "shared"  # every node of this machine sees it: the shared storage
+    sweep_file = shared / "sweep.yaml"
+    shared.mkdir()
+    sweep_file.write_text(yaml.safe_dump(SWEEP))
+    out = shared / "rw-dataset"
+    cmd = [sys.executable, "-m", "raywave", "waves", "generate", "-c", str(sweep_file), "-o", str(out), "-q",
+           "--address", loopback_cluster.address]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=loopback_cluster.env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    lost = None
+    deadline = time.time() + 300
+    while lost is None and proc.poll() is None and time.time() < deadline:
+        lost = _sim_running_on_a_worker(loopback_cluster, out / "_scratch")
+        time.sleep(0.05)
+    assert lost is not None, "no simulation was caught running on a worker node"
+    loopback_cluster.remove(lost[1])
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stdout + stderr
+    text = " ".join(stdout.split())
+    specs = expand(build(SweepConfig, SWEEP))
+    assert f"{len(specs)} generated, 0 already there, 0 failed" in text, text
+    retried = re.search(r"resumed from an earlier attempt: (\d+)", text)
+    assert retried and int(retried.group(1)) >= 1, text
+
+    ds = RWDataset(out)
+    assert ds.info()["status"] == "complete"
+    sims = ds.simulations()
+    assert [s.sim_id for s in sims] == [s.sim_id for s in specs]  # every simulation exactly once
+    assert sorted(p.name for p in (out / "simulations").iterdir()) == sorted(s.sim_id for s in specs)
+    assert all(sorted(p.name for p in (out / "simulations" / s.sim_id).iterdir()) == ["frames.parquet",
+               "manifest.json"] for s in specs)  # fmt: skip
+    for sim, spec in zip(sims, specs, strict=True):
+        sim.verify()  # sha256 and row count against the manifest
+        assert sim.n_frames == spec.config.n_frames
+    interrupted = ds.simulation(lost[0])
+    assert interrupted.manifest["generation"]["attempts"] >= 2  # it was resumed on the surviving node
+    spec = next(s for s in specs if s.sim_id == lost[0])
+    alone = simulate(spec.config, tmp_path / "alone")  # the single-process reference
+    assert np.array_equal(interrupted.calcium(), alone.frames("C"))
+
+
+# LEAD: the `ofe train` half of acceptance 5 goes here once train-ofe's command has landed: run
+#   python -m raywave ofe train --strategy scratch --variant small --workers 2 --out <shared>/ofe ... --address ADDR
+# against `loopback_cluster` (shared storage = loopback_cluster.root / "shared"), remove the worker node that
+# holds a Train worker in the middle (find it with `loopback_cluster.node_of(pid)` from a pid the run records,
+# or remove either worker node once the first checkpoint exists), and check that it finishes with a continuous
+# step count in metrics.parquet and metrics equal to an uninterrupted run's at the same steps.
+@pytest.mark.skip(reason="LEAD: wire `ofe train` here once it exists (see the comment above)")
+def test_ofe_train_survives_a_lost_node(loopback_cluster):
+    raise NotImplementedError
