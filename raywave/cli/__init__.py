@@ -17,6 +17,7 @@ from raywave.cli.fly import app as fly_app
 from raywave.cli.job import app as job_app
 from raywave.cli.nfp import app as nfp_app
 from raywave.cli.ofe import app as ofe_app
+from raywave.cli.runs import app as runs_app
 from raywave.cli.sweep import app as sweep_app
 from raywave.cli.waves import app as waves_app
 from raywave.errors import RaywaveError
@@ -33,6 +34,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(nfp_app, name="nfp")
 app.add_typer(ofe_app, name="ofe")
 app.add_typer(fly_app, name="fly")
+app.add_typer(runs_app, name="runs")
 app.add_typer(bench_app, name="bench")
 app.add_typer(sweep_app, name="sweep")
 app.add_typer(job_app, name="job")
