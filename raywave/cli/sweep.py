@@ -13,6 +13,10 @@ app = typer.Typer(help="Ray Tune sweeps (transfer strategies, NFP settings) and 
 console = Console()
 
 
+def _log(line: str) -> None:
+    console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 def parse_targets(text: str | None) -> list[float]:
     if not text:
         return []
@@ -48,6 +52,36 @@ def analyze(
         analysis = run_analysis(data, targets, reps=reps, seed=seed, stage=stage, compare=compare)
         written = write_report(analysis, out or sweep / "report")
     for sentence in analysis.sentences:
-        console.print(f"- {sentence}", highlight=False, soft_wrap=True)
+        console.print(f"- {sentence}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"wrote {written['report.html']}, {written['report.md']} and "
                   f"{sum(k.endswith('.csv') for k in written)} CSV tables", highlight=False)  # fmt: skip
+
+
+@app.command()
+def transfer(
+    config: Path = typer.Option(..., "--config", "-c", help="the sweep file (see examples/sweep-transfer-small.yaml)"),
+    out: Path = typer.Option(None, "--out", "-o", help="sweep folder (default runs/sweep-<name>); re-run to resume"),
+    address: str = typer.Option(None, help="Ray cluster address (default RAY_ADDRESS or an embedded Ray)"),
+    report: bool = typer.Option(True, help="write the report (sweep analyze) when the sweep ends"),
+) -> None:
+    """Ray Tune sweep of OFE training runs: strategies x NFP settings x data fractions x grid x seeds, each NFP
+    setting pretrained once first; then the report."""
+    from raywave.tune.sweep import run_transfer
+
+    path = run_transfer(config, out, address, log=_log, analyze=report)
+    console.print(f"sweep folder: {path}", highlight=False)
+
+
+@app.command()
+def nfp(
+    config: Path = typer.Option(..., "--config", "-c", help="the sweep file (see examples/sweep-nfp-small.yaml)"),
+    out: Path = typer.Option(None, "--out", "-o", help="sweep folder (default runs/sweep-<name>); re-run to resume"),
+    address: str = typer.Option(None, help="Ray cluster address (default RAY_ADDRESS or an embedded Ray)"),
+    report: bool = typer.Option(True, help="write the report (sweep analyze) when the sweep ends"),
+) -> None:
+    """Ray Tune sweep of NFP pretraining runs (variant x iterations x triplet index x lr x seeds), scored by
+    validation MSE relative to the repeat-I2 baseline; then the report (iterations compared by default)."""
+    from raywave.tune.sweep import run_nfp
+
+    path = run_nfp(config, out, address, log=_log, analyze=report)
+    console.print(f"sweep folder: {path}", highlight=False)
