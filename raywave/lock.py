@@ -4,7 +4,8 @@
 `<directory>/.raywave.lock` and records who holds it (pid, host, start time, command) in
 `<directory>/.raywave.lock.owner.json`. A second writer does not wait: it gets one RaywaveError line naming the
 holder. The OS drops the lock when the holder dies (SIGKILL, machine loss), so a stale owner file never blocks
-a resume: the next writer simply takes the lock and rewrites it.
+a resume: the next writer simply takes the lock and rewrites it. A block that fails removes the lock file if
+it made it (and the directory, if it made that and nothing else was written), so a refused start leaves nothing.
 
 Use it around everything that writes a run or dataset directory (simulation runs, sweeps into a dataset,
 triplet indexes, training runs). Directories that must look empty to a writer ignore `LOCK_FILES`.
@@ -58,6 +59,7 @@ def exclusive(directory: str | os.PathLike, what: str = "run directory", option:
     from raywave.io import write_json_atomic
 
     root = Path(directory)
+    had_dir, had_lock = root.is_dir(), (root / LOCK_NAME).exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock = FileLock(root / LOCK_NAME)
@@ -70,12 +72,20 @@ def exclusive(directory: str | os.PathLike, what: str = "run directory", option:
     except OSError as exc:
         reason = exc.strerror or exc
         raise RaywaveError(f"cannot lock {what} {str(root)!r} ({reason}); choose another {option}") from None
+    failed = True
     try:
         owner = {"pid": os.getpid(), "host": platform.node(), "since": time.time(),
                  "command": " ".join(["raywave", *sys.argv[1:]]) if sys.argv else "?"}  # fmt: skip
         write_json_atomic(root / OWNER_NAME, owner)
         yield root
+        failed = False
     finally:
         with contextlib.suppress(OSError):
             (root / OWNER_NAME).unlink()
+        if failed and not had_lock:  # a refused or failed start leaves no trace: not even the lock file
+            with contextlib.suppress(OSError):
+                (root / LOCK_NAME).unlink()  # unlinked while still held, so nobody locks a doomed file
         lock.release()
+        if failed and not had_dir:
+            with contextlib.suppress(OSError):
+                root.rmdir()  # only if nothing else was written

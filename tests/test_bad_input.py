@@ -104,6 +104,7 @@ CASES = [
     ("sim-save-config-is-dir", "waves simulate --save-config {ws}", "is a directory"),
     ("sim-out-is-file", "waves simulate --out {ws}/afile", "is a file"),
     ("sim-out-under-file", "waves simulate --out {ws}/afile/run", "not writable"),
+    ("sim-out-foreign-dir", "waves simulate --out {ws} --size 4", "exists and is not a raywave run"),
     ("sim-out-uri", "waves simulate --out foo://x", "looks like a URI"),
     ("sim-out-s3", "waves simulate --out s3://bucket/run", "looks like a URI"),
     ("sim-size-not-int", "waves simulate --size abc", "Invalid value for '--size'"),
@@ -115,6 +116,7 @@ CASES = [
     ("gen-bad-scheme", "waves generate -c {ws}/sweep.yaml -o foo://x -q", "cannot open storage"),
     ("gen-out-is-file", "waves generate -c {ws}/sweep.yaml -o {ws}/afile -q", "is a file"),
     ("gen-empty-grid", "waves generate -c {ws}/sweep-empty-grid.yaml -o {ws}/ds -q", "grid is empty"),
+    ("gen-out-foreign-dir", "waves generate -c {ws}/sweep.yaml -o {ws}/run-ok -q", "not a raywave wave dataset"),
     ("gen-non-utf8", "waves generate -c {ws}/nonutf.yaml -o {ws}/ds -q", "not UTF-8"),
     # --- waves analyze / snapshot / movie: what they read is verified first
     ("analyze-no-frames", "waves analyze {ws}/run-empty", "no frames yet"),

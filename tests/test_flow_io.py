@@ -52,3 +52,25 @@ def test_bad_image_is_reported(tmp_path):
     (tmp_path / "x.png").write_bytes(b"not an image")
     with pytest.raises(RaywaveError, match="cannot read image"):
         read_image(tmp_path / "x.png")
+
+
+def test_flo_whose_size_does_not_match_its_header(tmp_path):
+    write_flo(tmp_path / "a.flo", np.zeros((3, 4, 2), np.float32))
+    raw = (tmp_path / "a.flo").read_bytes()
+    (tmp_path / "long.flo").write_bytes(raw + b"\0" * 8)  # one pixel too many
+    (tmp_path / "negative.flo").write_bytes(raw[:4] + struct.pack("<ii", -4, 3) + raw[12:])
+    (tmp_path / "huge.flo").write_bytes(raw[:4] + struct.pack("<ii", 2**31 - 1, 2**31 - 1) + raw[12:])
+    for name in ("long", "negative", "huge"):
+        with pytest.raises(RaywaveError, match="header says") as exc:
+            read_flo(tmp_path / f"{name}.flo")
+        assert "\n" not in str(exc.value)
+
+
+def test_sample_whose_flow_and_frames_differ_in_size():
+    from raywave.data.flow_io import check_sample_shapes
+
+    good = {"img1": np.zeros((6, 8, 3)), "img2": np.zeros((6, 8, 3)), "flow": np.zeros((6, 8, 2)),
+            "valid": np.ones((6, 8), bool)}  # fmt: skip
+    check_sample_shapes(good)
+    with pytest.raises(RaywaveError, match=r"f2.png is 8x5 px but f.flo is 8x6"):
+        check_sample_shapes(dict(good, img2=np.zeros((5, 8, 3))), {"img2": "f2.png", "flow": "f.flo"})

@@ -53,18 +53,24 @@ def test_expand_grid_cases_seeds():
         ({"base": BASE, "seeds": []}, "no seeds"),
         ({"base": BASE, "grid": {"params.gA": [0.1, 0.1]}}, "repeats a simulation"),
         ({"base": dict(BASE, dt_ms=-1)}, "dt_ms"),
+        ({"base": BASE, "grid": {}}, "grid is empty"),
+        ({"base": BASE, "workers": 0}, "workers"),
+        ({"base": dict(BASE, duration_s=float("inf"))}, "finite"),
     ],
 )
-def test_bad_sweeps_are_one_line_errors(data, needle, cli, tmp_path):
+def test_bad_sweeps_are_one_line_errors(data, needle, capsys, tmp_path):
+    from raywave.cli import main
+
     with pytest.raises(ConfigError, match=needle):
         expand(build(SweepConfig, data))
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(data))
     out = tmp_path / "ds"
-    res = cli("waves", "generate", "-c", str(path), "-o", str(out), "-q")
-    assert res.returncode == 2
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.stderr
+    with pytest.raises(SystemExit) as exit_:
+        main(["waves", "generate", "-c", str(path), "-o", str(out), "-q"])  # in-process: the CLI's own code
+    assert exit_.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], lines
     assert not out.exists()
 
 
