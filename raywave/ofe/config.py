@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from raywave.config import StrictModel, build, load_yaml, set_dotted
+from raywave.config import StrictModel
+from raywave.config import load_config as load_model_config
 from raywave.errors import ConfigError
 from raywave.models.transfer import STRATEGIES
 
@@ -172,8 +173,4 @@ def default_stages() -> list[StageConfig]:
 
 def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> OFETrainConfig:
     """The YAML file (if any) with the command line's non-None options on top, validated (one-line errors)."""
-    data = load_yaml(path) if path else {}
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            set_dotted(data, key, value)
-    return build(OFETrainConfig, data, what=f"config {str(path)!r}" if path else "config")
+    return load_model_config(OFETrainConfig, path, overrides, what="ofe config")

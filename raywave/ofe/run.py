@@ -15,8 +15,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from raywave.errors import ConfigError
+from raywave.io import check_output
+from raywave.lock import exclusive
 from raywave.ofe.config import OFETrainConfig, identity, load_config
+from raywave.ofe.data import data_roots
 from raywave.ofe.prepare import check_data, check_nfp, data_identity, resolve_device, transfer_record, write_data
+from raywave.storage import resolve
 
 TASK_REF = "raywave.ofe.train:OFETask"
 DATA_CPUS = 0.0  # the OFE task reads its batches in the workers (no Ray Data actor)
@@ -57,7 +61,11 @@ def train_run(cfg: OFETrainConfig, quiet: bool = False, log: Callable[[str], Non
     from raywave.train.metrics import read_metrics, summary
     from raywave.train.record import begin_run, check_resumable, end_run
 
+    check_output(cfg.out, "dir", "--out", uri_ok=True)
     check_data(cfg)
+    if not resolve(cfg.out).is_local and None in data_roots(cfg).values():
+        raise ConfigError("synthetic flow data is written into the run, which needs a local (or shared-filesystem) "
+                          "--out; give --chairs-root/--sintel-root for a URI --out")  # fmt: skip
     nfp_path, nfp_sha, report = check_nfp(cfg)
     ident = {**identity(cfg), "nfp_sha256": nfp_sha}
     rec = check_resumable(cfg.out, "ofe", ident)
@@ -71,6 +79,8 @@ def train_run(cfg: OFETrainConfig, quiet: bool = False, log: Callable[[str], Non
         resources, opts = None, None
         if cfg.workers > 0:
             resources, opts = _ray(stack, cfg, stop_after)
+        if resolve(cfg.out).is_local:
+            stack.enter_context(exclusive(resolve(cfg.out).path, "training run"))
         device = resolve_device(cfg.device, resources)
         roots = write_data(cfg, cfg.out)
         data = data_identity(cfg, roots)
