@@ -92,20 +92,26 @@ class LoopbackCluster:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         self.env.update(RAY_TMPDIR=str(root), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
                         PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # fmt: skip
-        info = root / "cluster.json"
+        for _ in range(3):  # on a loaded box a raylet can miss Ray's fixed 30 s registration window: retry
+            if self._start(root / "cluster.json"):
+                return
+            self.stop()
+        raise RuntimeError(f"the loopback cluster did not start: {(root / 'cluster.log').read_text()[-3000:]}")
+
+    def _start(self, info: Path) -> bool:
         code = f"from tests.test_multinode import serve_cluster; serve_cluster({str(info)!r})"
-        self.log = open(root / "cluster.log", "w")  # noqa: SIM115 - closed in stop()
+        self.log = open(self.root / "cluster.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=self.env, text=True,
                                      stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # fmt: skip
         deadline = time.time() + 240
         while not info.exists():
             if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise RuntimeError(f"the loopback cluster did not start: {(root / 'cluster.log').read_text()[-3000:]}")
+                return False
             time.sleep(0.5)
         data = json.loads(info.read_text())
         self.address, self.raylets = data["address"], data["raylets"]
+        return True
 
     def node_of(self, pid: int) -> int | None:
         """Which worker node (index) runs process `pid`: the one whose raylet is its ancestor."""
@@ -135,7 +141,11 @@ class LoopbackCluster:
 @pytest.fixture
 def loopback_cluster():
     root = Path(tempfile.mkdtemp(prefix="rwmn-", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
-    cluster = LoopbackCluster(root)
+    try:
+        cluster = LoopbackCluster(root)
+    except RuntimeError:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     try:
         yield cluster
     finally:
@@ -158,6 +168,7 @@ def _sim_running_on_a_worker(cluster: LoopbackCluster, scratch: Path) -> tuple[s
     return None
 
 
+@pytest.mark.slow  # three raylets and four simulations: 385 s on this shared 2-core box under load (~25)
 def test_waves_generate_survives_a_lost_node(loopback_cluster, tmp_path):
     from raywave.config import build
     from raywave.data.rw_dataset import RWDataset
@@ -211,6 +222,7 @@ def test_waves_generate_survives_a_lost_node(loopback_cluster, tmp_path):
 # holds a Train worker in the middle (find it with `loopback_cluster.node_of(pid)` from a pid the run records,
 # or remove either worker node once the first checkpoint exists), and check that it finishes with a continuous
 # step count in metrics.parquet and metrics equal to an uninterrupted run's at the same steps.
+@pytest.mark.slow
 @pytest.mark.skip(reason="LEAD: wire `ofe train` here once it exists (see the comment above)")
 def test_ofe_train_survives_a_lost_node(loopback_cluster):
     raise NotImplementedError
