@@ -117,9 +117,25 @@ def nfp_checkpoint(path: Path, variant: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def nfp_run(tmp_path_factory) -> Path:
+    """An NFP run of RAFT basic's encoders made by `raywave nfp pretrain`'s own code (2 steps on wave triplets)."""
+    from raywave.cli.nfp import load, pretrain_run
+    from tests.train_helpers import wave_dataset
+
+    root = tmp_path_factory.mktemp("nfp")
+    out = root / "run"
+    cfg = load(None, {"dataset": wave_dataset(root / "ds"), "out": str(out), "variant": "basic", "corr_levels": 2,
+                      "workers": 0, "steps": 2, "batch": 2, "val_every": 2, "checkpoint_every": 2,
+                      "val_max": 2})  # fmt: skip
+    rec, _ = pretrain_run(cfg, quiet=True)
+    assert rec["status"] == "complete"
+    return out
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_strategies_hold_through_two_stages(tmp_path, chairs, strategy):
-    nfp = nfp_checkpoint(tmp_path / "nfp", "basic") if strategy != "scratch" else None
+def test_strategies_hold_through_two_stages(tmp_path, chairs, nfp_run, strategy):
+    nfp = nfp_run if strategy != "scratch" else None
     out = tmp_path / "run"
     stages = [tiny_stage(steps=1, iters=1, val_iters=1), tiny_stage(steps=1, iters=1, val_iters=1, lr=1e-3)]
     cfg = tiny_config(out, chairs, variant="basic", strategy=strategy, nfp=str(nfp) if nfp else None, stages=stages)
@@ -130,7 +146,10 @@ def test_strategies_hold_through_two_stages(tmp_path, chairs, strategy):
     if strategy == "scratch":
         assert t["copied"] == [] and t["frozen"] == [] and t["bn_eval"] == []
         return
-    source = torch.load(nfp / "model.pt", weights_only=False)["model"]
+    from raywave.train.checkpoints import resolve_checkpoint
+
+    source = torch.load(resolve_checkpoint(str(nfp)), weights_only=False)["model"]
+    assert rec["nfp_checkpoint"] == str(Path(resolve_checkpoint(str(nfp))).resolve())
     assert t["copied"] == sorted(k for k in final if k.startswith(("fnet.", "cnet.")))
     expect_frozen = {"finetune": 0, "freeze_encoder": 1, "freeze_encoder_bn": 1, "freeze_bn": 1}[strategy]
     assert bool(t["frozen"]) == bool(expect_frozen)

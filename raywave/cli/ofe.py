@@ -44,7 +44,8 @@ def synth(
 
 @app.command()
 def evaluate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-k", help="official RAFT .pth or a raywave checkpoint"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-k", help="official RAFT .pth, a raywave checkpoint, or an "
+                                    "`ofe train` run directory (its best checkpoint)"),
     dataset: str = typer.Option("sintel", help="chairs or sintel"),
     root: Path = typer.Option(..., help="dataset root in its official layout"),
     variant: str = typer.Option("basic", help="RAFT variant of the checkpoint: basic or small"),
@@ -72,7 +73,9 @@ def evaluate(
     iters = iters or (24 if dataset == "chairs" else 32)
     if iters < 1:
         raise ConfigError("--iters must be >= 1")
-    out = check_output(out or Path(checkpoint).parent / f"eval-{dataset}", kind="dir")
+    run_dir = Path(checkpoint).is_dir() and (Path(checkpoint) / "checkpoints").is_dir()
+    beside = Path(checkpoint) if run_dir else Path(checkpoint).parent  # a run's evaluations go inside the run
+    out = check_output(out or beside / f"eval-{dataset}", kind="dir")
     model = load_raft(checkpoint, variant)
     with frame_progress(f"evaluate {dataset}", quiet=False) as update:
         metrics, rows = run_eval(model, ds, iters, max_samples, progress=update)

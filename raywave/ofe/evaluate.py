@@ -36,9 +36,18 @@ class InputPadder:
 
 
 def load_raft(checkpoint: str | Path, variant: str) -> RAFT:
-    """A RAFT with an official release's weights or a raywave checkpoint ({"model": state_dict, ...})."""
-    obj = read_checkpoint(checkpoint)
-    variant = obj.get("variant", variant) if isinstance(obj.get("model"), dict) else variant
+    """A RAFT with an official release's weights, a raywave checkpoint ({"model": state_dict, ...}), or the best
+    checkpoint of an `raywave ofe train` run directory."""
+    path = Path(checkpoint)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        from raywave.train.checkpoints import resolve_checkpoint
+
+        path = Path(resolve_checkpoint(str(path), "best"))
+    obj = read_checkpoint(path)
+    if isinstance(obj.get("model"), dict):
+        if obj.get("task") not in (None, "ofe"):
+            raise RaywaveError(f"{str(checkpoint)!r} is a {obj['task']} checkpoint, not a RAFT one")
+        variant = obj.get("variant") or obj.get("meta", {}).get("variant") or variant
     state = model_state(obj)
     model = RAFT(variant)
     load_official(model, state)
