@@ -187,7 +187,7 @@ def pretrain_settings(settings: dict, log) -> dict[str, dict]:
             raise RaywaveError(f"NFP pretraining of setting {name!r} did not finish ({s.run}); re-run to resume")
         final = ((rec.get("summary") or {}).get("final") or {}).get("val_ratio")
         done[name] = {"fingerprint": s.fingerprint, "run": s.run, "status": "complete", "trained_now": trained,
-                      "wall_s": rec.get("wall_s") if trained else 0.0, "val_ratio": final,
+                      "wall_s": rec.get("wall_s"), "val_ratio": final,
                       "seconds_this_call": time.time() - t0}  # fmt: skip
         log(f"  {'pretrained' if trained else 'reused'}; final val MSE / repeat-I2 = {final}")
     return done
