@@ -189,3 +189,37 @@ def test_bad_input_before_anything_is_written(tmp_path, chairs):
     with pytest.raises(RaywaveError, match="larger than the 128x160 synthetic frames"):
         train_run(tiny_config(out, None, stages=[tiny_stage(crop=[128, 168])]), quiet=True)
     assert not out.exists()
+
+
+def test_cli_bad_input_is_one_line_exit_2(cli, tmp_path):
+    out = tmp_path / "run"
+    for args, words in [(("--strategy", "nope"), "unknown transfer strategy 'nope'"),
+                        (("--stages", "chairs,kitti"), "unknown stage 'kitti'"),
+                        (("--data-fraction", "1.5"), "data_fraction")]:  # fmt: skip
+        res = cli("ofe", "train", "--out", str(out), *args)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.returncode == 2 and len(lines) == 1 and words in lines[0], res.stderr
+    assert not out.exists()
+
+
+def test_correlation_stays_fp32_under_autocast_and_bf16_trains(tmp_path, chairs, monkeypatch):
+    from raywave.models import raft as raft_module
+    from raywave.models.raft import RAFT
+
+    seen = []
+
+    class Recording(raft_module.CorrBlock):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            seen.append(self.corr_pyramid[0].dtype)
+
+    monkeypatch.setattr(raft_module, "CorrBlock", Recording)
+    x = torch.rand(1, 3, 128, 128) * 255
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        RAFT("small")(x, x, iters=1)
+    assert seen == [torch.float32]
+    monkeypatch.undo()
+    rec = train_run(tiny_config(tmp_path / "bf16", chairs, precision="bf16",
+                                stages=[tiny_stage(steps=1, iters=1, val_iters=1)]), quiet=True)  # fmt: skip
+    final = rec["summary"]["final"]
+    assert rec["status"] == "complete" and 0 < final["val_epe"] < float("inf")
