@@ -80,12 +80,6 @@ def pretrain_run(cfg: PretrainConfig, quiet: bool = False, stop_after: int | Non
     from raywave.train.ray_train import FitOptions, check_resources, fit
     from raywave.train.record import begin_run, check_resumable, end_run
 
-    task = NFPTask(NFPConfig.model_validate(cfg.model_dump(include=set(NFPConfig.model_fields))))
-    data = task.check(max(cfg.workers, 1))
-    ident = identity(cfg)
-    rec = check_resumable(cfg.out, "nfp", ident)
-    if rec is not None and rec.get("status") == "complete":
-        return rec, False
     device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
     opts = FitOptions(workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=cfg.gpus_per_worker,
                       max_failures=cfg.max_failures, threads=cfg.threads, precision=cfg.precision, seed=cfg.seed,
@@ -95,6 +89,12 @@ def pretrain_run(cfg: PretrainConfig, quiet: bool = False, stop_after: int | Non
         import torch
 
         check_resources({"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}, opts, 0.25)
+    task = NFPTask(NFPConfig.model_validate(cfg.model_dump(include=set(NFPConfig.model_fields))))
+    data = task.check(max(cfg.workers, 1))
+    ident = identity(cfg)
+    rec = check_resumable(cfg.out, "nfp", ident)
+    if rec is not None and rec.get("status") == "complete":
+        return rec, False
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch on a loaded box; inherited by local Ray workers
     t0 = time.time()
     with contextlib.ExitStack() as stack:
