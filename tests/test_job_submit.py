@@ -145,6 +145,7 @@ def _one_error_line(res: subprocess.CompletedProcess, needle: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.stderr
 
 
+@pytest.mark.slow  # 45 s head start + 249 s on this shared 2-core box under load (~20); the CLI imports dominate
 def test_submit_wait_status_logs_list_stop(head):
     """A small stage (a one-simulation `waves generate`) submitted with --wait; then status, logs, list; then a
     long job stopped."""
@@ -184,6 +185,7 @@ def test_submit_wait_status_logs_list_stop(head):
     assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
 
 
+@pytest.mark.slow  # 72 s here under load: three CLI processes against the head
 def test_one_line_errors_against_the_head(head):
     _one_error_line(head.cli("job", "status", "raysubmit_nosuchjob", "-a", head.address), "no job 'raysubmit_nosuch")
     wrong = dict(head.env, RAY_AUTH_TOKEN="0" * 64)

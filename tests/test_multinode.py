@@ -216,13 +216,59 @@ def test_waves_generate_survives_a_lost_node(loopback_cluster, tmp_path):
     assert np.array_equal(interrupted.calcium(), alone.frames("C"))
 
 
-# LEAD: the `ofe train` half of acceptance 5 goes here once train-ofe's command has landed: run
-#   python -m raywave ofe train --strategy scratch --variant small --workers 2 --out <shared>/ofe ... --address ADDR
-# against `loopback_cluster` (shared storage = loopback_cluster.root / "shared"), remove the worker node that
-# holds a Train worker in the middle (find it with `loopback_cluster.node_of(pid)` from a pid the run records,
-# or remove either worker node once the first checkpoint exists), and check that it finishes with a continuous
-# step count in metrics.parquet and metrics equal to an uninterrupted run's at the same steps.
+def _titled(word: str) -> list[int]:
+    """PIDs whose process title (Ray sets it to the actor's class) contains `word`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if word in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+    return pids
+
+
+def _last_step(run: Path) -> int:
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return json.loads((run / "checkpoints" / "last.json").read_text())["step"]
+    return 0
+
+
 @pytest.mark.slow
-@pytest.mark.skip(reason="LEAD: wire `ofe train` here once it exists (see the comment above)")
 def test_ofe_train_survives_a_lost_node(loopback_cluster):
-    raise NotImplementedError
+    """A 2-worker, two-stage `ofe train` through --address; the worker node holding a Train worker (and not the
+    Train controller) is removed after a checkpoint; Ray Train restarts the group from the last checkpoint
+    (FailureConfig) and the run ends with a continuous step count."""
+    from raywave.data.synthetic_flow import write_chairs
+    from raywave.train.metrics import read_metrics
+
+    from .test_ofe_train import tiny_stage
+
+    shared = loopback_cluster.root / "shared"
+    chairs = write_chairs(shared / "chairs", n_pairs=6, h=128, w=160, val_every=3)
+    stages = [tiny_stage(steps=4, iters=2), tiny_stage(steps=4, iters=2, lr=1e-4, crop=[128, 160])]
+    cfg = shared / "ofe.yaml"
+    cfg.write_text(yaml.safe_dump({"variant": "small", "strategy": "scratch", "chairs_root": str(chairs),
+                                   "workers": 2, "cpus_per_worker": 1, "max_failures": 3, "stages": stages,
+                                   "checkpoint_every": 1, "log_every": 1}))  # fmt: skip
+    out = shared / "ofe-run"
+    cmd = [sys.executable, "-m", "raywave", "ofe", "train", "-c", str(cfg), "--out", str(out), "--quiet",
+           "--address", loopback_cluster.address]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=loopback_cluster.env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    removed, deadline = None, time.time() + 900
+    while removed is None and proc.poll() is None and time.time() < deadline:
+        if _last_step(out) >= 2:
+            controller = {loopback_cluster.node_of(p) for p in _titled("TrainController")}
+            workers = {loopback_cluster.node_of(p) for p in _titled("RayTrainWorker")} - {None}
+            candidates = sorted(workers - controller)
+            if candidates:
+                removed = candidates[0]
+                loopback_cluster.remove(removed)
+        time.sleep(0.2)
+    assert removed is not None, "no Train worker was caught on a removable node mid-run"
+    stdout, stderr = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, (stdout + stderr)[-3000:]
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 9))  # continuous: nothing lost, nothing repeated
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "complete"
