@@ -72,7 +72,10 @@ def load(config: Path | None, overrides: dict) -> PretrainConfig:
 
 def pretrain_run(cfg: PretrainConfig, quiet: bool = False, stop_after: int | None = None) -> tuple[dict, bool]:
     """Check everything, then train (or resume); (run.json's record, False if the run was already complete)."""
+    from raywave.io import check_output
+    from raywave.lock import exclusive
     from raywave.runtime import ray_session
+    from raywave.storage import resolve
     from raywave.train.local import train_local
     from raywave.train.loop import Context
     from raywave.train.metrics import read_metrics, summary
@@ -80,6 +83,7 @@ def pretrain_run(cfg: PretrainConfig, quiet: bool = False, stop_after: int | Non
     from raywave.train.ray_train import FitOptions, check_resources, fit
     from raywave.train.record import begin_run, check_resumable, end_run
 
+    check_output(cfg.out, "dir", "--out", uri_ok=True)
     device = "cuda" if cfg.gpus_per_worker > 0 else "cpu"
     opts = FitOptions(workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=cfg.gpus_per_worker,
                       max_failures=cfg.max_failures, threads=cfg.threads, precision=cfg.precision, seed=cfg.seed,
@@ -102,6 +106,8 @@ def pretrain_run(cfg: PretrainConfig, quiet: bool = False, stop_after: int | Non
         if cfg.workers > 0:
             resources = stack.enter_context(ray_session(address=cfg.address))
             check_resources(resources, opts, 0.25)
+        if resolve(cfg.out).is_local:  # one writer per run directory
+            stack.enter_context(exclusive(resolve(cfg.out).path, "training run"))
         begin_run(cfg.out, "nfp", ident, data, cfg.seed, cfg.workers, device,
                   extra={"options": cfg.model_dump(mode="json", include=set(RUN_KEYS))})  # fmt: skip
         update = stack.enter_context(train_progress(cfg.steps, quiet))
