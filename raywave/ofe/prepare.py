@@ -50,10 +50,11 @@ def check_data(cfg: OFETrainConfig) -> None:
 
 def check_nfp(cfg: OFETrainConfig) -> tuple[str | None, str | None, TransferReport]:
     """(NFP model.pt, its sha256, the transfer report on a fresh RAFT): the strategy is tried before training."""
-    if cfg.strategy == "scratch":
+    if cfg.strategy == "scratch":  # copies nothing: an --nfp given (e.g. by a sweep over strategies) is unused
+        report = build_model(cfg, None)[1]
         if cfg.nfp:
-            raise RaywaveError("strategy scratch copies nothing: drop --nfp or choose another --strategy")
-        return None, None, build_model(cfg, None)[1]
+            report.notes.append("scratch copies nothing: --nfp is not used")
+        return None, None, report
     path = nfp_checkpoint_path(cfg.nfp)
     state = read_nfp(cfg.nfp, cfg.variant)
     report = build_model(cfg, state)[1]
