@@ -29,10 +29,11 @@ def test_ddp_one_step_equals_single_process_nfp_small(ray_local, dataset, tmp_pa
     from raywave.train.exactness import compare_one_step, gradients
     from raywave.train.nfp import NFPTask
 
+    # baseline_init False: every layer gets a gradient in the first step (zeroed output layers would block it)
     cfg = {"dataset": dataset, "variant": "small", "corr_levels": 2, "steps": 1, "batch": 4, "val_max": 4,
-           "lr": 1e-3}  # fmt: skip
+           "lr": 1e-3, "baseline_init": False}  # fmt: skip
     diff = compare_one_step("raywave.train.nfp:NFPTask", cfg, tmp_path, ray_local.cluster_resources(), workers=2)
-    assert diff["params_moved"] > 10, diff  # the step changed the weights (the comparison is not vacuous)
+    assert diff["params_moved"] > 0.9 * diff["params"], diff  # the step moved the weights: not vacuous
     single = RunCheckpoints(str(tmp_path / "single")).load()[0]["model"]
     ddp = RunCheckpoints(str(tmp_path / "ddp")).load()[0]["model"]
     task = NFPTask(cfg)

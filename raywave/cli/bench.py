@@ -183,3 +183,32 @@ def fly(
                   f"{r['speedup_vs_per_edge']:.1f}x" if "speedup_vs_per_edge" in r else "-",
                   f"{diff:.1e}" if diff is not None else "-")  # fmt: skip
     Console(width=max(Console().width, 120)).print(t)
+
+
+@app.command()
+def train(
+    steps: int = typer.Option(30, help="optimizer steps per configuration (throughput after --warmup steps)"),
+    batch: int = typer.Option(8, help="global batch"),
+    warmup: int = typer.Option(5, help="steps not timed at the start"),
+    side: int = typer.Option(16, help="lattice side of the benchmark's wave-like dataset"),
+    pixels_per_cell: int = typer.Option(2, help="pixels per lattice cell (frames of side x this px)"),
+    save: Path = typer.Option(None, help="write the results JSON here (e.g. benchmarks/results/train-cpu.json)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+) -> None:
+    """Samples/s of NFP-small training: plain loop in-process vs Ray Train with 1 and 2 workers (1 thread each)."""
+    from raywave.bench.train import run_benchmark
+
+    if min(steps, batch, side, pixels_per_cell) < 1 or batch % 2 or not 0 <= warmup < steps - 1:
+        raise ConfigError("--steps, --batch (even), --side, --pixels-per-cell >= 1; 0 <= --warmup < steps - 1")
+    console = Console(stderr=True)
+    result = run_benchmark(steps, batch, warmup, side, pixels_per_cell, log=None if as_json else console.log)
+    if _emit(result, save, as_json):
+        return
+    m = result["machine"]
+    t = Table(title=f"training benchmark ({m['cpus']} CPUs: {m['cpu']}; {result['frame_px']} px, batch {batch})")
+    for col in ("task", "mode", "samples/s", "x plain", "command wall s", "goal"):
+        t.add_column(col, justify="right")
+    for r in result["rows"]:
+        t.add_row(r["task"], r["mode"], f"{r['samples_per_s']:.2f}", f"{r['vs_plain']:.2f}x",
+                  f"{r['command_wall_s']:.0f}", ">= 0.9x" if r["workers"] == 1 else "")  # fmt: skip
+    Console(width=max(Console().width, 120)).print(t)

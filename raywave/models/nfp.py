@@ -8,7 +8,8 @@ Given calcium frames I1, I2 (N, 1, H, W), normalised to about [0, 1], it predict
 Single-channel frames are **repeated to three channels** (and mapped to [-1, 1] as RAFT maps 0-255 images), so
 the encoders keep RAFT's exact shapes and names (`fnet.*`, `cnet.*`, `update_block.*`): transfer into RAFT is
 a key-for-key copy. The decoder's and the flow head's last layers start at zero, so an untrained model predicts
-I3 = I2 exactly (the "repeat I2" baseline), and training starts from that baseline.
+I3 = I2 exactly (the "repeat I2" baseline), and training starts from that baseline (`baseline_init=False` keeps
+PyTorch's default initialisation there instead, so that every layer gets a gradient from the first step).
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 class NextFrameHead(nn.Module):
     """Hidden state (1/8 resolution) -> a one-channel residual at full resolution (pixel shuffle x8)."""
 
-    def __init__(self, hidden_dim: int, width: int = 128):
+    def __init__(self, hidden_dim: int, width: int = 128, zero_init: bool = True):
         super().__init__()
         self.conv1 = nn.Conv2d(hidden_dim, width, 3, padding=1)
         self.conv2 = nn.Conv2d(width, 64, 1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        if zero_init:
+            nn.init.zeros_(self.conv2.weight)
+            nn.init.zeros_(self.conv2.bias)
 
     def forward(self, net: torch.Tensor) -> torch.Tensor:
         return F.pixel_shuffle(self.conv2(torch.relu(self.conv1(net))), 8)
@@ -53,12 +55,14 @@ class NFP(nn.Module):
     """RAFT encoders + correlation + ConvGRU iterations + a next-frame decoder."""
 
     def __init__(self, variant: Literal["basic", "small"] = "small", iters: int = 4, corr_levels: int | None = None,
-                 corr_radius: int | None = None):  # fmt: skip
+                 corr_radius: int | None = None, baseline_init: bool = True):  # fmt: skip
         super().__init__()
         if variant not in VARIANTS:
             raise RaywaveError(f"unknown NFP encoder {variant!r}; choose basic or small")
         if iters < 1:
             raise RaywaveError(f"iters must be >= 1, got {iters}")
+        if corr_levels is not None and not 1 <= corr_levels <= 4:
+            raise RaywaveError(f"corr_levels must be 1-4, got {corr_levels}")
         s = VARIANTS[variant]
         self.variant, self.iters = variant, iters
         self.hidden_dim, self.context_dim = s.hidden_dim, s.context_dim
@@ -72,9 +76,10 @@ class NFP(nn.Module):
             self.fnet = BasicEncoder(output_dim=s.fnet_dim, norm_fn="instance")
             self.cnet = BasicEncoder(output_dim=s.hidden_dim + s.context_dim, norm_fn="batch")
             self.update_block = BasicUpdateBlock(self.corr_levels, self.corr_radius, hidden_dim=s.hidden_dim)
-        self.decoder = NextFrameHead(s.hidden_dim)
-        nn.init.zeros_(self.update_block.flow_head.conv2.weight)  # start from zero motion: I3_hat = I2
-        nn.init.zeros_(self.update_block.flow_head.conv2.bias)
+        self.decoder = NextFrameHead(s.hidden_dim, zero_init=baseline_init)
+        if baseline_init:  # start from zero motion: I3_hat = I2
+            nn.init.zeros_(self.update_block.flow_head.conv2.weight)
+            nn.init.zeros_(self.update_block.flow_head.conv2.bias)
 
     @staticmethod
     def to_rgb_range(frames: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ class NFPConfig(StrictModel):
     log_every: int = Field(10, ge=1)
     val_max: int = Field(256, ge=1, description="at most this many validation triplets")
     seed: int = Field(0, ge=0, description="model initialisation and data order")
+    baseline_init: bool = Field(True, description="start at the repeat-I2 prediction (zeroed output layers)")
     targets: list[float] = Field(
         default_factory=lambda: [0.95, 0.9, 0.8, 0.7],
         description="val_ratio (MSE / repeat-I2 MSE) targets for the efficiency summary",
@@ -124,7 +125,8 @@ class NFPTask:
 
         with torch.random.fork_rng(devices=[]):  # weights from the run's seed; the global RNG is left as it was
             torch.manual_seed(self.cfg.seed)
-            model = NFP(self.cfg.variant, iters=self.cfg.iters, corr_levels=self.corr_levels)
+            model = NFP(self.cfg.variant, iters=self.cfg.iters, corr_levels=self.corr_levels,
+                        baseline_init=self.cfg.baseline_init)  # fmt: skip
         return model.to(device)
 
     def model_meta(self) -> dict:
