@@ -114,11 +114,19 @@ def test_short_run_beats_zero_flow(flow_root, tmp_path):
     assert (tmp_path / "run" / best["checkpoint"]).is_file()
 
 
-def test_kill_and_resume_continues_from_last_checkpoint(flow_root, tmp_path):
+def _assert_same_parameters(a: dict, b: dict) -> None:
+    """Bit for bit: every network and decoder tensor of two checkpoints is equal."""
+    for key in ("network", "decoder"):
+        assert a[key].keys() == b[key].keys()
+        for name, value in b[key].items():
+            assert torch.equal(a[key][name], value), f"{key}.{name} differs by {(a[key][name] - value).abs().max()}"
+
+
+def test_kill_and_resume_continues_from_last_checkpoint(flow_root, tmp_path, monkeypatch):
     cfg = _config(flow_root, tmp_path, iterations=40, checkpoint_every=20)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
     args = [
         sys.executable,
         "-m",
@@ -140,6 +148,7 @@ def test_kill_and_resume_continues_from_last_checkpoint(flow_root, tmp_path):
     proc.wait()
     assert not (run / "checkpoints" / "it-00000040.pt").exists()
     stamp = first.stat().st_mtime_ns
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # run_cli's processes: 2 threads, like the killed one
     resumed = run_cli("fly", "train-one", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run))
     assert resumed.returncode == 0, resumed.stderr
     assert first.stat().st_mtime_ns == stamp  # the first checkpoint was kept, not redone
@@ -149,11 +158,9 @@ def test_kill_and_resume_continues_from_last_checkpoint(flow_root, tmp_path):
     # (in a fresh process like the resumed one, so both use the same threads and kernels)
     straight = run_cli("fly", "train-one", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
-    a = torch.load(run / "checkpoints" / "it-00000040.pt", weights_only=False)
-    b = torch.load(tmp_path / "straight" / "checkpoints" / "it-00000040.pt", weights_only=False)
-    for key in ("network", "decoder"):
-        for name, value in b[key].items():
-            torch.testing.assert_close(a[key][name], value, rtol=1e-5, atol=1e-7, msg=name)
+    a = torch.load(run / "checkpoints" / "it-00000040.pt", weights_only=True)
+    b = torch.load(tmp_path / "straight" / "checkpoints" / "it-00000040.pt", weights_only=True)
+    _assert_same_parameters(a, b)
     # a different config in the same directory is refused with one line
     other = run_cli("fly", "train-one", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run), "--seed", "5")
     assert other.returncode == 2 and "different config" in other.stderr
@@ -172,3 +179,81 @@ def test_bad_inputs(tmp_path, flow_root):
     assert corrupt.returncode == 2 and "not a readable fly checkpoint" in corrupt.stderr
     small = run_cli("fly", "render", "--sintel-root", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
     assert small.returncode == 2 and "Sintel" in small.stderr
+
+
+@pytest.fixture
+def busy_cores():
+    """Two busy-loop processes keeping both cores of the machine loaded while a test runs."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_training_is_deterministic_at_two_threads_under_load(flow_root, tmp_path, busy_cores, capsys):
+    """The same short training twice in one process, 2 threads, both cores busy: identical parameters; then the
+    later run's newest checkpoint is truncated and the run resumes from the previous one, again identically."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = FlyTrainConfig(**_config(flow_root, tmp_path, iterations=8, checkpoint_every=4, t_pre=0.1, n_frames=4,
+                                       batch_size=2, splits=1))  # fmt: skip
+        train_one(cfg, tmp_path / "a")
+        train_one(cfg, tmp_path / "b")
+        last = "checkpoints/it-00000008.pt"
+        a, b = (torch.load(tmp_path / r / last, weights_only=True) for r in ("a", "b"))
+        _assert_same_parameters(a, b)
+        # a truncated newest checkpoint: one line, the previous checkpoint is used, the end is the same
+        path = tmp_path / "b" / last
+        path.write_bytes(path.read_bytes()[:1000])
+        train_one(cfg, tmp_path / "b")
+        assert "unreadable" in capsys.readouterr().err and path.with_name(path.name + ".corrupt").exists()
+        _assert_same_parameters(a, torch.load(path, weights_only=True))
+        assert [h["iteration"] for h in json.loads((tmp_path / "b" / "history.json").read_text())] == [4, 8]
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Marker:
+    """Unpickling this runs open(path, "w"): what a crafted checkpoint would do if it were executed."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_crafted_pickle_checkpoint_is_not_executed(tmp_path):
+    live = tmp_path / "live-marker"
+    torch.save({"network": _Marker(live)}, tmp_path / "control.pt")
+    torch.load(tmp_path / "control.pt", weights_only=False).get("network").close()
+    assert live.exists()  # the crafted file is live: loading it unsafely runs its code
+    marker = tmp_path / "marker"
+    torch.save({"network": _Marker(marker), "decoder": {}, "config": {}, "iteration": 1}, tmp_path / "evil.pt")
+    res = run_cli("fly", "evaluate", "-k", str(tmp_path / "evil.pt"))
+    assert res.returncode == 2 and "not a readable fly checkpoint" in res.stderr and "Traceback" not in res.stderr
+    assert not marker.exists()
+
+
+def test_checkpoint_of_another_connectome_and_failed_start(flow_root, tmp_path):
+    spec = {"nodes": [{"name": "A", "pattern": ["stride", [1, 1]]}, {"name": "B", "pattern": ["stride", [1, 1]]}],
+            "edges": [{"src": "A", "tar": "B", "alpha": 1, "offsets": [[[0, 0], 2.0]]}],
+            "input_units": ["A"], "output_units": ["B"]}  # fmt: skip
+    (tmp_path / "small.json").write_text(json.dumps(spec))
+    # a failed start (bad connectome) writes nothing; the corrected command is then accepted and trains
+    cfg = _config(flow_root, tmp_path, iterations=2, checkpoint_every=2, t_pre=0.0, n_frames=3, splits=1,
+                  batch_size=1)  # fmt: skip
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**cfg, "connectome": str(tmp_path / "nope.json")}))
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    bad = run_cli("fly", "train-one", "--config", str(tmp_path / "bad.yaml"), "--out", str(run))
+    assert bad.returncode == 2 and "nope.json" in bad.stderr and not run.exists()
+    good = run_cli("fly", "train-one", "--config", str(tmp_path / "good.yaml"), "--out", str(run))
+    assert good.returncode == 0, good.stderr
+    ckpt = run / "checkpoints" / "it-00000002.pt"
+    # that checkpoint with another connectome: one line naming the mismatch
+    other = run_cli("fly", "simulate", "--checkpoint", str(ckpt), "--connectome", str(tmp_path / "small.json"),
+                    "--out", str(tmp_path / "sim"), "--frames", "2")  # fmt: skip
+    assert other.returncode == 2 and "another connectome" in other.stderr and "Traceback" not in other.stderr

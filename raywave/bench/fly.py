@@ -17,8 +17,10 @@ import numpy as np
 
 from raywave.bench.machine import machine_info
 
-#: flyvis 1.2.0 on this 2-core machine (2 threads, batch 4, dt 1/50), from the design notes; not measured here.
-FLYVIS_CPU_S = {"forward": 5.0, "forward_backward": 16.5}
+#: flyvis 1.2.0 on a 2-core machine of this kind (2 threads, batch 4 x 40 steps, dt 1/50), measured side by side
+#: with raywave in alternating fresh processes (design notes, 2026-12-01); not measured by this benchmark, and
+#: absolute seconds differ 2-3x between such machines, so compare only within one run.
+FLYVIS_CPU_S = {"forward": 0.98, "forward_backward": 2.65}
 
 
 def baseline_forward(net, x, v0, dt: float):

@@ -21,10 +21,11 @@ from raywave.fly import hexlattice
 
 
 class HexConv(nn.Conv2d):
-    """A conv2d on axial maps whose kernel is restricted to a hexagonal neighbourhood."""
+    """A conv2d on axial maps whose kernel is restricted to a hexagonal neighbourhood (`groups` independent
+    convolutions side by side: one per ensemble member)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int = 5):
-        super().__init__(c_in, c_out, kernel, padding=kernel // 2)
+    def __init__(self, c_in: int, c_out: int, kernel: int = 5, groups: int = 1):
+        super().__init__(c_in, c_out, kernel, padding=kernel // 2, groups=groups)
         r = kernel // 2
         du, dv = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij")
         mask = (np.abs(du + dv) <= r).astype(np.float32)
@@ -33,11 +34,17 @@ class HexConv(nn.Conv2d):
             self.weight.mul_(self.mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding, groups=self.groups)
 
 
 class FlowDecoder(nn.Module):
-    """(batch, frames, n_out, columns) output-cell voltages -> (batch, frames, columns, 2) flow."""
+    """(batch, frames, n_out, columns) output-cell voltages -> (batch, frames, columns, 2) flow.
+
+    With a list of seeds it is K = len(seeds) decoders side by side (an ensemble in one pass): grouped
+    convolutions and a BatchNorm over K · hidden channels, so model j's weights are the j-th slice of every
+    tensor (`member_state(j)` has the single-decoder layout); input (batch, frames, K · n_out, columns) with
+    model j's types at channels j · n_out ..., output (batch, frames, columns, K, 2). Model j is initialised
+    from its own seed exactly as a single decoder with that seed."""
 
     def __init__(
         self,
@@ -46,35 +53,90 @@ class FlowDecoder(nn.Module):
         kernel: int = 5,
         extent: int = hexlattice.EXTENT,
         dropout: float = 0.5,
-        seed: int = 0,
+        seed: int | list[int] = 0,
     ):
         super().__init__()
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.conv1 = HexConv(n_out, hidden, kernel)
-            self.norm = nn.BatchNorm2d(hidden)
-            self.conv2 = HexConv(hidden, 3, kernel)
+        self.seeds = [seed] if isinstance(seed, int) else list(seed)
+        self.single, k = isinstance(seed, int), len(self.seeds)
+        with torch.random.fork_rng(devices=[]):  # the global generator is neither used nor advanced
+            self.conv1 = HexConv(k * n_out, k * hidden, kernel, groups=k)
+            self.norm = nn.BatchNorm2d(k * hidden)
+            self.conv2 = HexConv(k * hidden, k * 3, kernel, groups=k)
+        with torch.no_grad():
+            for j, s in enumerate(self.seeds):  # model j's slices drawn from its seed, as a single decoder's
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(s)
+                    one = HexConv(n_out, hidden, kernel)
+                self.conv1.weight[j * hidden : (j + 1) * hidden] = one.weight
+                self.conv1.bias[j * hidden : (j + 1) * hidden] = one.bias
             nn.init.zeros_(self.conv2.weight)  # start from the zero-flow prediction; training moves away from it
             nn.init.zeros_(self.conv2.bias)
-        self.extent, self.dropout = extent, dropout
+        self.extent, self.dropout, self.hidden, self.n_out = extent, dropout, hidden, n_out
         u, v = hexlattice.columns(extent)
         self.register_buffer("flat_index", torch.from_numpy((u + extent) * (2 * extent + 1) + (v + extent)))
 
-    def forward(self, voltages: torch.Tensor) -> torch.Tensor:
+    @property
+    def n_models(self) -> int:
+        return len(self.seeds)
+
+    def forward(self, voltages: torch.Tensor, generator=None) -> torch.Tensor:
+        """Flow from voltages; in training mode the dropout mask is drawn from `generator` (one per model for
+        an ensemble; training passes them per iteration, so masks never depend on the global seed)."""
         b, t, c, n = voltages.shape
-        side = 2 * self.extent + 1
+        side, k = 2 * self.extent + 1, self.n_models
         x = torch.relu(voltages).transpose(-1, -2).reshape(b * t, n, c)
         grid = x.new_zeros(b * t, side * side, c)
         grid[:, self.flat_index] = x
         x = grid.view(b * t, side, side, c).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
         x = F.softplus(self.norm(self.conv1(x)))
         if self.training and self.dropout > 0:  # inverted dropout; rand >= p is ~4x faster than bernoulli_ on CPU
-            x = x * torch.rand_like(x).ge_(self.dropout).mul_(1 / (1 - self.dropout))
-        y = self.conv2(x).permute(0, 2, 3, 1).reshape(b * t, side * side, 3)[:, self.flat_index]  # (bt, n, 3)
+            gens = generator if isinstance(generator, list | tuple) else [generator] * k
+            x = x * dropout_keep(x.shape, self.dropout, gens, x.dtype, x.device)
+        # (indexing with flat_index: its backward accumulates with atomics, harmless here since the indices are
+        # unique, each gradient entry receives exactly one addition onto zero)
+        y = self.conv2(x).permute(0, 2, 3, 1).reshape(b * t, side * side, 3 * k)[:, self.flat_index]  # (bt, n, 3k)
+        y = y.view(b * t, n, k, 3)
         flow = y[..., :2] / (F.softplus(y[..., 2:]) + 1)
-        return flow.view(b, t, n, 2)
+        return flow.view(b, t, n, 2) if self.single else flow.view(b, t, n, k, 2)
+
+    def member_state(self, j: int) -> dict[str, torch.Tensor]:
+        """Model j's state dict in the layout of a single decoder."""
+        per = {"conv1": self.hidden, "norm": self.hidden, "conv2": 3}
+        out = {}
+        for name, value in self.state_dict().items():
+            part = name.split(".")[0]
+            if name.endswith("mask") or name == "flat_index" or value.dim() == 0:
+                out[name] = value.clone()
+            else:
+                out[name] = value[j * per[part] : (j + 1) * per[part]].clone()
+        return out
+
+    def load_member(self, j: int, state: dict[str, torch.Tensor]) -> None:
+        """Set model j's slices from a single decoder's state dict."""
+        own = self.state_dict()
+        per = {"conv1": self.hidden, "norm": self.hidden, "conv2": 3}
+        with torch.no_grad():
+            for name, value in state.items():
+                if name.endswith("mask") or name == "flat_index":
+                    continue
+                if value.dim() == 0:
+                    own[name].copy_(value)
+                else:
+                    own[name][j * per[name.split(".")[0]] : (j + 1) * per[name.split(".")[0]]].copy_(value)
+
+
+def dropout_keep(shape, p: float, generators: list, dtype, device) -> torch.Tensor:
+    """Inverted-dropout multiplier for NCHW `shape` (K models' channels side by side), laid out like the
+    decoder's channels-last maps: values 0 or 1/(1-p). Model j's channels are drawn from generators[j] in
+    (frame, row, col, channel) order, so a model's mask is the same alone or in an ensemble."""
+    n, c, h, w = shape
+    k = len(generators)
+    u = torch.empty((n, h, w, k, c // k), dtype=dtype, device=device)
+    for j, g in enumerate(generators):  # one stream per model: the only per-model loop of a step (random numbers)
+        u[:, :, :, j] = torch.rand((n, h, w, c // k), generator=g, dtype=dtype, device=device)
+    return u.view(n, h, w, c).ge_(p).mul_(1 / (1 - p)).permute(0, 3, 1, 2)
 
 
 def l2norm(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

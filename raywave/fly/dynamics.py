@@ -52,6 +52,26 @@ class SparseStructure:
             self.n, *(getattr(self, f).to(device) for f in ("order", "crow", "col", "t_perm", "t_crow", "t_col"))
         )
 
+    def tile(self, k: int) -> SparseStructure:
+        """The block-diagonal structure of k independent copies (an ensemble of k models in one product): copy j
+        holds neurons j·n ... (j+1)·n - 1 and edges j·E ... (j+1)·E - 1. Each row keeps its entries in the same
+        order, so every model's sums are formed exactly as in a single-model product."""
+        if k == 1:
+            return self
+        nnz = len(self.col)
+
+        def rows(crow: torch.Tensor) -> torch.Tensor:
+            parts = [crow[:-1].long() + j * nnz for j in range(k)] + [torch.tensor([k * nnz])]
+            return torch.cat(parts)
+
+        def shifted(a: torch.Tensor, step: int) -> torch.Tensor:
+            return torch.cat([a.long() + j * step for j in range(k)])
+
+        idx = torch.int32 if k * self.n < 2**31 and k * nnz < 2**31 else torch.int64
+        return SparseStructure(k * self.n, shifted(self.order, nnz), rows(self.crow).to(idx),
+                               shifted(self.col, self.n).to(idx), shifted(self.t_perm, nnz),
+                               rows(self.t_crow).to(idx), shifted(self.t_col, self.n).to(idx))  # fmt: skip
+
     def matrix(self, csr_values: torch.Tensor) -> torch.Tensor:
         return _csr(self.crow, self.col, csr_values, self.n)
 

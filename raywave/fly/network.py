@@ -20,20 +20,29 @@ from raywave.fly.dynamics import SparseStructure, integrate
 INIT = {"v_rest_mean": 0.5, "v_rest_std": 0.05, "tau": 0.05, "strength_scale": 0.01}
 
 
+def init_parameters(c: Connectome, seed: int) -> dict[str, torch.Tensor]:
+    """The free parameters of model `seed`: resting potentials N(0.5, 0.05) drawn from its own generator,
+    time constants 0.05 s, strengths 0.01 / mean synapse count of the type pair."""
+    g = torch.Generator().manual_seed(seed)
+    n_types, n_pairs = len(c.types), len(c.pair_src)
+    mean_n = np.bincount(c.edge_type, weights=c.edge_n_syn, minlength=n_pairs) / np.bincount(
+        c.edge_type, minlength=n_pairs
+    )
+    return {
+        "v_rest": INIT["v_rest_mean"] + INIT["v_rest_std"] * torch.randn(n_types, generator=g),
+        "tau": torch.full((n_types,), INIT["tau"]),
+        "strength": torch.from_numpy(INIT["strength_scale"] / mean_n).float(),
+    }
+
+
 class FlyNetwork(nn.Module):
     """The network on a compiled connectome. Parameters are drawn from `seed` (one model per seed)."""
 
     def __init__(self, connectome: Connectome, seed: int = 0):
         super().__init__()
         self.connectome = c = connectome
-        g = torch.Generator().manual_seed(seed)
-        n_types, n_pairs = len(c.types), len(c.pair_src)
-        self.v_rest = nn.Parameter(INIT["v_rest_mean"] + INIT["v_rest_std"] * torch.randn(n_types, generator=g))
-        self.tau = nn.Parameter(torch.full((n_types,), INIT["tau"]))
-        mean_n = np.bincount(c.edge_type, weights=c.edge_n_syn, minlength=n_pairs) / np.bincount(
-            c.edge_type, minlength=n_pairs
-        )
-        self.strength = nn.Parameter(torch.from_numpy(INIT["strength_scale"] / mean_n).float())
+        init = init_parameters(c, seed)
+        self.v_rest, self.tau, self.strength = (nn.Parameter(init[k]) for k in ("v_rest", "tau", "strength"))
         # fixed parameters
         self.register_buffer("sign", torch.from_numpy(c.pair_sign).float())
         self.register_buffer("n_syn", torch.from_numpy(c.group_n_syn).float())
@@ -69,9 +78,20 @@ class FlyNetwork(nn.Module):
     def n_fixed(self) -> int:
         return self.sign.numel() + self.n_syn.numel()
 
+    def per_node(self, per_type: torch.Tensor) -> torch.Tensor:
+        """A per-type quantity (n_types,) expanded to every neuron (N,).
+
+        Deterministic: `index_select`'s backward accumulates with index_add_, a serial loop in a fixed order on
+        a CPU. Advanced indexing (`per_type[node_type]`) must not be used on a gradient path: its backward is
+        index_put_(accumulate=True), which with more than one thread and >= 32,768 elements adds with atomic
+        float additions in thread-timing order, so the 45,669 contributions to each of the 65 sums were added in
+        a different order on every run (training with 2 threads differed by 1.8e-3 between identical runs)."""
+        return per_type.index_select(0, self.node_type)
+
     def group_weights(self) -> torch.Tensor:
-        """Weight sign · n_syn · strength of each (type pair, du, dv) group; every edge of a group shares it."""
-        return self.sign[self.group_pair] * self.n_syn * self.strength[self.group_pair]
+        """Weight sign · n_syn · strength of each (type pair, du, dv) group; every edge of a group shares it.
+        (`index_select`, not indexing, for a fixed summation order in the backward; see `per_node`.)"""
+        return self.sign.index_select(0, self.group_pair) * self.n_syn * self.strength.index_select(0, self.group_pair)
 
     def edge_weights(self) -> torch.Tensor:
         """Per-edge weights in CSR order (differentiable in the strengths): one gather from the group table."""
@@ -92,15 +112,15 @@ class FlyNetwork(nn.Module):
 
     def resting_state(self, batch: int) -> torch.Tensor:
         """(batch, N): every neuron at its type's resting potential."""
-        return self.v_rest[self.node_type].unsqueeze(0).expand(batch, -1).clone()
+        return self.per_node(self.v_rest).unsqueeze(0).expand(batch, -1).clone()
 
     def forward(self, x: torch.Tensor, dt: float, state: torch.Tensor | None = None) -> torch.Tensor:
         """Voltages (batch, frames, N) after each stimulus frame x (batch, frames, columns), from `state`."""
         self._check(x)
         batch, steps, _ = x.shape
         v0 = self.resting_state(batch) if state is None else state
-        a = (dt / torch.clamp(self.tau, min=dt))[self.node_type].unsqueeze(1)
-        b = self.v_rest[self.node_type].unsqueeze(1)
+        a = self.per_node(dt / torch.clamp(self.tau, min=dt)).unsqueeze(1)
+        b = self.per_node(self.v_rest).unsqueeze(1)
         n_in = len(self.input_index) // self.n_columns
         x_in = x.permute(1, 2, 0).repeat(1, n_in, 1)  # (T, M, B), same luminance for every input type
         w_t = self.group_weights().detach().index_select(0, self.csr_group_t)  # W^T's values: no gradient needed

@@ -7,7 +7,12 @@ penalty on resting potentials: 0.1 · mean((w · (5 - mean central activity))²)
 evaluated (validation EPE) and a checkpoint is written atomically; `best.json` names the best one.
 
 A run is deterministic given its config: the batches, augmentations and dropout of iteration i depend only on
-(seed, i), so a killed run resumed from its last checkpoint continues exactly as if it had not stopped.
+(seed, i) — dropout from a torch.Generator of its own per iteration, never the global seed — and every
+reduction on the training path has a fixed order at any thread count (see `FlyNetwork.per_node`), so a killed
+run resumed from its last checkpoint continues bit for bit as if it had not stopped.
+
+Checkpoints hold tensors and plain data only and are read with `torch.load(weights_only=True)`: a crafted
+pickle given as a checkpoint is refused, never executed.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,7 +34,8 @@ from raywave.config import StrictModel, build, load_yaml
 from raywave.errors import RaywaveError
 from raywave.fly import connectome as fly_connectome
 from raywave.fly.augment import AugmentConfig
-from raywave.fly.decoder import FlowDecoder, epe, l2norm
+from raywave.fly.decoder import FlowDecoder, epe
+from raywave.fly.ensemble import FlyEnsemble, central_mean, load_member_optimizer_state, member_optimizer_state
 from raywave.fly.network import FlyNetwork
 from raywave.fly.sintel import FlySintel, RenderConfig, split_scenes
 from raywave.io import atomic_path, write_json_atomic
@@ -70,6 +77,7 @@ class FlyTrainConfig(StrictModel):
     augment: bool = True
     splits: int = Field(3, ge=1)
     device: str = "cpu"
+    dtype: Literal["float32", "float64"] = "float32"
 
     @model_validator(mode="after")
     def _check(self) -> FlyTrainConfig:
@@ -90,14 +98,6 @@ def learning_rate(cfg: FlyTrainConfig, it: int) -> float:
         return cfg.lr_start
     k = min(cfg.lr_steps - 1, it * cfg.lr_steps // cfg.iterations)
     return cfg.lr_start * (cfg.lr_end / cfg.lr_start) ** (k / (cfg.lr_steps - 1))
-
-
-def activity_penalty(net: FlyNetwork, v: torch.Tensor, cfg: FlyTrainConfig) -> torch.Tensor:
-    """Penalty on the temporal mean of central cells (after the first quarter) away from the baseline."""
-    mean = v[:, v.shape[1] // 4 :, net.central_index].mean(1)
-    gap = cfg.activity_baseline - mean
-    w = torch.where(gap > 0, cfg.below_baseline_weight, cfg.above_baseline_weight)
-    return cfg.activity_penalty * ((w * gap) ** 2).mean()
 
 
 def synthetic_root(out: Path, s: SyntheticData) -> Path:
@@ -136,11 +136,12 @@ def prepare_data(cfg: FlyTrainConfig, out: Path) -> tuple[FlySintel, FlySintel]:
     return train, val
 
 
-def predict(net: FlyNetwork, decoder: FlowDecoder, lum: torch.Tensor, cfg: FlyTrainConfig) -> tuple:
-    """(flow prediction, voltages) for a batch of luminance (B, T, columns), from the grey steady state."""
+def predict(net: FlyNetwork, decoder: FlowDecoder, lum: torch.Tensor, cfg: FlyTrainConfig, generator=None) -> tuple:
+    """(flow prediction, voltages) for a batch of luminance (B, T, columns), from the grey steady state;
+    `generator` draws the dropout mask in training mode."""
     state = net.steady_state(lum.shape[0], cfg.dt, cfg.t_pre)
     v = net(lum, cfg.dt, state)
-    return decoder(net.output_voltages(v)), v
+    return decoder(net.output_voltages(v), generator), v
 
 
 @torch.no_grad()
@@ -171,84 +172,310 @@ def latest_checkpoint(out: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_model(path: Path, connectome_path: str | None = None, device: str = "cpu") -> tuple:
-    """(network, decoder, checkpoint dict) from a fly checkpoint."""
+def dropout_generator(seed: int, it: int, device: str = "cpu") -> torch.Generator:
+    """The generator of iteration `it`'s dropout masks: a function of (seed, it) only."""
+    state = np.random.SeedSequence([seed, it, 0xD50]).generate_state(2, np.uint64)
+    return torch.Generator(device=device).manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def read_checkpoint(path: Path, device: str = "cpu") -> dict:
+    """A fly checkpoint's dict, loaded weights-only (tensors and plain data; no code runs); one line if not."""
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-        cfg = FlyTrainConfig.model_validate(ckpt["config"])
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ckpt, dict):
+            raise TypeError("not a dict")
+        FlyTrainConfig.model_validate(ckpt["config"])
+        for key in ("network", "decoder", "iteration"):
+            ckpt[key]  # noqa: B018 - a missing key is an unreadable checkpoint
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is one clear line
         raise RaywaveError(
             f"{path} is not a readable fly checkpoint ({exc.__class__.__name__}); pick a file from <run>/checkpoints"
         ) from None
+    return ckpt
+
+
+def load_states(net: FlyNetwork, dec: FlowDecoder, ckpt: dict, path: Path | str) -> None:
+    """Load a checkpoint's network and decoder; a checkpoint of another connectome is one clear line."""
+    saved = (ckpt.get("connectome") or {}).get("spec_sha256")
+    ours = net.connectome.provenance.get("spec_sha256")
+    try:
+        if saved and ours and saved != ours:
+            raise RuntimeError("connectome spec differs")
+        net.load_state_dict(ckpt["network"])
+        dec.load_state_dict(ckpt["decoder"])
+    except RuntimeError:
+        raise RaywaveError(
+            f"{path} was trained on another connectome (spec sha256 {str(saved or 'unknown')[:12]}...) than the "
+            f"one given ({str(ours or 'unknown')[:12]}...); pass the connectome it was trained on with --connectome"
+        ) from None
+
+
+def load_model(path: Path, connectome_path: str | None = None, device: str = "cpu") -> tuple:
+    """(network, decoder, checkpoint dict) from a fly checkpoint."""
+    ckpt = read_checkpoint(path, device)
+    cfg = FlyTrainConfig.model_validate(ckpt["config"])
     c = fly_connectome.load(connectome_path or cfg.connectome)
     net = FlyNetwork(c, cfg.seed).to(device)
-    net.load_state_dict(ckpt["network"])
     dec = FlowDecoder(n_out=len(c.output_types), seed=cfg.seed).to(device)
-    dec.load_state_dict(ckpt["decoder"])
+    load_states(net, dec, ckpt, path)
     return net, dec, ckpt
 
 
-def train_one(cfg: FlyTrainConfig, out: str | Path, progress=None, stop_after: int | None = None) -> dict:
-    """Train (or resume) one model into `out`; returns the final record (best checkpoint, EPEs)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
+def resume_point(out: Path, device: str = "cpu", log=None) -> dict | None:
+    """The newest readable checkpoint of a run; an unreadable newest one (e.g. truncated by a crash while the
+    disk filled) is renamed `*.corrupt` and the previous one is used, saying so."""
+    while (last := latest_checkpoint(out)) is not None:
+        try:
+            return read_checkpoint(last, device)
+        except RaywaveError:
+            last.rename(last.with_name(last.name + ".corrupt"))
+            (log or _stderr)(f"{last} is unreadable (truncated?); kept as {last.name}.corrupt, resuming from the "
+                             "previous checkpoint")  # fmt: skip
+    return None
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def check_run_dir(out: Path, cfg: FlyTrainConfig) -> None:
+    """A directory whose checkpoints come from another config is refused (read only; nothing is written)."""
     cfg_path = out / "config.json"
-    if cfg_path.exists() and json.loads(cfg_path.read_text()) != cfg.model_dump():
-        raise RaywaveError(f"{out} holds a run with a different config; resume with the same config or use a new --out")
-    _save_atomic(cfg.model_dump(), cfg_path)
-    train, val = prepare_data(cfg, out)
-    if len(train) == 0 or len(val) == 0:
-        raise RaywaveError("the scene split left no training or no validation scenes; add scenes or change val_scenes")
-    train.render_all()
-    val.render_all()
-    c = fly_connectome.load(cfg.connectome)
-    net = FlyNetwork(c, cfg.seed).to(cfg.device)
-    dec = FlowDecoder(n_out=len(c.output_types), seed=cfg.seed).to(cfg.device)
-    opt = torch.optim.Adam([*net.parameters(), *dec.parameters()], lr=cfg.lr_start)
-    history: list[dict] = []
-    start = 0
-    last = latest_checkpoint(out)
-    if last is not None:
-        ckpt = torch.load(last, map_location=cfg.device, weights_only=False)
-        net.load_state_dict(ckpt["network"])
-        dec.load_state_dict(ckpt["decoder"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start, history = ckpt["iteration"], ckpt["history"]
-    per_epoch = math.ceil(len(train) / cfg.batch_size)
-    losses: list[float] = []
-    for it in range(start, cfg.iterations):
+    if cfg_path.exists() and latest_checkpoint(out) is not None:
+        try:
+            same = json.loads(cfg_path.read_text()) == cfg.model_dump()
+        except ValueError:
+            same = False
+        if not same:
+            raise RaywaveError(f"{out} holds a run with a different config; resume with the same config or use a "
+                               "new --out")  # fmt: skip
+
+
+def read_status(out: Path) -> dict:
+    """A model's status.json ({} when it has none: not diverged)."""
+    try:
+        return json.loads((out / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class Member:
+    """One model of a training pass: its config (its seed), run directory, data and history."""
+
+    def __init__(self, cfg: FlyTrainConfig, out: Path):
+        self.cfg, self.out = cfg, Path(out)
+        self.train, self.val = prepare_data(cfg, self.out)
+        if len(self.train) == 0 or len(self.val) == 0:
+            raise RaywaveError("the scene split left no training or no validation scenes; add scenes or change "
+                               "val_scenes")  # fmt: skip
+        self.history: list[dict] = []
+        self.losses: list[float] = []  # training losses since the last checkpoint
+        self.eval: dict[str, float] = {}  # validation at the current checkpoint
+
+    def batch(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Iteration `it`'s batch: from (seed, it) only, so a model's data is the same alone or in a pass."""
+        per_epoch = math.ceil(len(self.train) / self.cfg.batch_size)
         epoch, k = divmod(it, per_epoch)
-        lum, flow = train.batch(train.order(epoch)[k * cfg.batch_size : (k + 1) * cfg.batch_size], epoch)
-        lum, flow = lum.to(cfg.device), flow.to(cfg.device)
-        for group in opt.param_groups:
+        return self.train.batch(self.train.order(epoch)[k * self.cfg.batch_size : (k + 1) * self.cfg.batch_size],
+                                epoch)  # fmt: skip
+
+
+class Pass:
+    """K models' network, decoder and Adam state as one set of tensors (one network pass per step)."""
+
+    def __init__(self, c, cfg: FlyTrainConfig, seeds: list[int], template: FlyNetwork):
+        dtype = getattr(torch, cfg.dtype)
+        self.ens = FlyEnsemble(c, seeds, template).to(cfg.device, dtype)
+        self.dec = FlowDecoder(n_out=len(c.output_types), seed=list(seeds)).to(cfg.device, dtype)
+        self.params = [self.ens.v_rest, self.ens.tau, self.ens.strength, *self.dec.parameters()]
+        h = self.dec.hidden
+        self.rows = [0, 0, 0, h, h, h, h, 3, 3]  # rows of each tensor per model (0: a (K, ...) tensor)
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr_start)
+
+    def member(self, j: int) -> dict:
+        return {"network": self.ens.member_state(j), "decoder": self.dec.member_state(j),
+                "optimizer": member_optimizer_state(self.opt, self.params, self.rows, j)}  # fmt: skip
+
+    def load_member(self, j: int, state: dict) -> None:
+        self.ens.load_member(j, state["network"])
+        self.dec.load_member(j, state["decoder"])
+        load_member_optimizer_state(self.opt, self.params, self.rows, j, state["optimizer"])
+
+    def finite(self) -> torch.Tensor:
+        """(K,) model j's parameters are all finite."""
+        k = self.ens.n_models
+        dec = torch.stack([p.detach().reshape(k, -1).isfinite().all(1) for p in self.dec.parameters()]).all(0)
+        return self.ens.finite() & dec
+
+    def predict(self, lum: torch.Tensor, cfg: FlyTrainConfig, generators=None) -> tuple:
+        """(flow (K, B, T, columns, 2), voltages (B, T, K·N)) for luminance (K, B, T, columns)."""
+        state = self.ens.steady_state(lum.shape[1], cfg.dt, cfg.t_pre)
+        v = self.ens(lum, cfg.dt, state)
+        return self.dec(self.ens.output_voltages(v), generators).permute(3, 0, 1, 2, 4), v
+
+
+def l2norm_models(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(K,) the l2norm loss of every model: pred and target (K, B, ...)."""
+    return ((pred - target) ** 2).flatten(2).sum(2).sqrt().mean(1)
+
+
+def _stack(pairs: list[tuple], device: str, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack every model's batch to (K, B, ...) (cut to the shortest sequence, which equal-length scenes avoid)."""
+    steps = min(p[0].shape[1] for p in pairs)
+    lum = torch.stack([p[0][:, :steps] for p in pairs]).to(device, dtype)
+    return lum, torch.stack([p[1][:, :steps] for p in pairs]).to(device, dtype)
+
+
+@torch.no_grad()
+def evaluate_models(p: Pass, members: list[Member], cfg: FlyTrainConfig) -> list[dict[str, float]]:
+    """Validation and zero-flow EPE of every model on its own validation samples, all models in one pass."""
+    p.dec.eval()
+    n_val = {len(m.val) for m in members}
+    if len(n_val) != 1:
+        raise RaywaveError("the models' validation sets differ in size; use the same val_scenes for all")
+    errs = torch.zeros(len(members), dtype=torch.float64)
+    zero = torch.zeros_like(errs)
+    n = 0
+    iters = [m.val.batches(cfg.batch_size, epoch=0, shuffle=False) for m in members]
+    for batches in zip(*iters, strict=True):
+        lum, flow = _stack(list(batches), cfg.device, getattr(torch, cfg.dtype))
+        pred, _ = p.predict(lum, cfg)
+        b = lum.shape[1]
+        errs += torch.linalg.vector_norm(pred - flow, dim=-1).flatten(1).mean(1).double().cpu() * b
+        zero += torch.linalg.vector_norm(flow, dim=-1).flatten(1).mean(1).double().cpu() * b
+        n += b
+    p.dec.train()
+    return [{"val_epe": float(e / n), "zero_flow_epe": float(z / n)} for e, z in zip(errs, zero, strict=True)]
+
+
+def _start(members: list[Member], cfg: FlyTrainConfig, log) -> tuple[int, list[dict | None]]:
+    """The common iteration the pass resumes from (the oldest of the models' newest readable checkpoints) and
+    every model's checkpoint at that iteration (None: start from the initialisation)."""
+    latest = [resume_point(m.out, cfg.device, log) for m in members]
+    if any(c is None for c in latest):
+        return 0, [None] * len(members)
+    start = min(c["iteration"] for c in latest)
+    ckpts = [c if c["iteration"] == start else read_checkpoint(m.out / "checkpoints" / f"it-{start:08d}.pt",
+                                                               cfg.device)
+             for m, c in zip(members, latest, strict=True)]  # fmt: skip
+    return start, ckpts
+
+
+def _save_member(p: Pass, j: int, m: Member, it: int, c) -> None:
+    record = {"iteration": it, "train_loss": float(np.mean(m.losses)) if m.losses else float("nan"),
+              **m.eval}  # fmt: skip
+    m.history, m.losses = [*m.history, record], []
+    _save_atomic({**p.member(j), "iteration": it, "history": m.history, "config": m.cfg.model_dump(),
+                  "connectome": c.provenance}, m.out / "checkpoints" / f"it-{it:08d}.pt")  # fmt: skip
+    best = min(m.history, key=lambda r: r["val_epe"])
+    _save_atomic({**best, "checkpoint": f"checkpoints/it-{best['iteration']:08d}.pt"}, m.out / "best.json")
+    _save_atomic(m.history, m.out / "history.json")
+
+
+def train_models(cfgs: list[FlyTrainConfig], outs: list, progress=None, stop_after: int | None = None, log=None,
+                 faults: dict[int, int] | None = None) -> list[dict]:  # fmt: skip
+    """Train (or resume) K models in one network pass per step, model j from cfgs[j] (configs that differ in
+    their seed only) into outs[j]; each ends exactly where `train_one(cfgs[j], outs[j])` would.
+
+    Inputs are validated before anything is written. A model whose loss or parameters stop being finite is
+    marked diverged (status.json, with the iteration) and leaves the pass; the others go on. `faults` (tests)
+    maps a seed to an iteration after which that model's parameters are set to NaN."""
+    cfg = cfgs[0]
+    if any(k.model_dump(exclude={"seed"}) != cfg.model_dump(exclude={"seed"}) for k in cfgs):
+        raise RaywaveError("the models of one pass must share their config except for the seed")
+    outs = [Path(o) for o in outs]
+    for k, o in zip(cfgs, outs, strict=True):
+        check_run_dir(o, k)
+    c = fly_connectome.load(cfg.connectome)
+    if cfg.sintel_root and not Path(cfg.sintel_root).is_dir():
+        raise RaywaveError(f"sintel_root {cfg.sintel_root} is not a directory; give the MPI-Sintel root")
+    members = [Member(k, o) for k, o in zip(cfgs, outs, strict=True)]
+    for m in members:
+        m.train.render_all()
+        m.val.render_all()
+    for m in members:
+        (m.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        _save_atomic(m.cfg.model_dump(), m.out / "config.json")
+    template = FlyNetwork(c, cfg.seed)
+    start, ckpts = _start(members, cfg, log)
+    p = Pass(c, cfg, [m.cfg.seed for m in members], template)
+    for j, (m, ck) in enumerate(zip(members, ckpts, strict=True)):
+        if ck is not None:
+            load_states(template, FlowDecoder(n_out=len(c.output_types)), ck, m.out)  # checks the connectome
+            p.load_member(j, ck)
+            m.history = ck["history"]
+    dtype = getattr(torch, cfg.dtype)
+    for it in range(start, cfg.iterations):
+        lum, flow = _stack([m.batch(it) for m in members], cfg.device, dtype)
+        for group in p.opt.param_groups:
             group["lr"] = learning_rate(cfg, it)
-        torch.manual_seed(hash((cfg.seed, it)) % 2**31)  # dropout of iteration `it`
-        pred, v = predict(net, dec, lum, cfg)
-        loss = l2norm(pred, flow)
+        gens = [dropout_generator(m.cfg.seed, it, cfg.device) for m in members]
+        pred, v = p.predict(lum, cfg, gens)
+        losses = l2norm_models(pred, flow)
         penalty_grad = None
         if cfg.activity_penalty > 0 and it < cfg.penalty_stop:
-            penalty_grad = torch.autograd.grad(activity_penalty(net, v, cfg), net.v_rest, retain_graph=True)[0]
-        opt.zero_grad()
-        loss.backward()
+            penalty = activity_penalty_models(p.ens, v, cfg)
+            penalty_grad = torch.autograd.grad(penalty, p.ens.v_rest, retain_graph=True)[0]
+        p.opt.zero_grad()
+        losses.sum().backward()
         if penalty_grad is not None:
-            net.v_rest.grad += penalty_grad
-        opt.step()
-        net.clamp_()
-        losses.append(loss.item())
+            p.ens.v_rest.grad += penalty_grad
+        p.opt.step()
+        p.ens.clamp_()
+        for m, loss in zip(members, losses.tolist(), strict=True):
+            m.losses.append(loss)
+        for seed, at in (faults or {}).items():
+            if at == it + 1 and seed in p.ens.seeds:
+                with torch.no_grad():
+                    p.ens.v_rest[p.ens.seeds.index(seed)] = float("nan")
+        ok = (losses.detach().isfinite().cpu() & p.finite().cpu()).tolist()
+        if not all(ok):
+            members, p = _drop_diverged(p, members, ok, it + 1, c, cfg, template, log)
+            if not members:
+                break
         if progress:
-            progress(it + 1, losses[-1])
+            progress(it + 1, float(np.mean([m.losses[-1] for m in members])))
         if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
-            record = {"iteration": it + 1, "train_loss": float(np.mean(losses)), **evaluate(net, dec, val, cfg)}
-            history = [*history, record]
-            losses = []
-            path = out / "checkpoints" / f"it-{it + 1:08d}.pt"
-            _save_atomic({"network": net.state_dict(), "decoder": dec.state_dict(), "optimizer": opt.state_dict(),
-                          "iteration": it + 1, "history": history, "config": cfg.model_dump(),
-                          "connectome": c.provenance}, path)  # fmt: skip
-            best = min(history, key=lambda r: r["val_epe"])
-            _save_atomic({**best, "checkpoint": f"checkpoints/it-{best['iteration']:08d}.pt"}, out / "best.json")
-            _save_atomic(history, out / "history.json")
+            for m, e in zip(members, evaluate_models(p, members, cfg), strict=True):
+                m.eval = e
+            for j, m in enumerate(members):
+                _save_member(p, j, m, it + 1, c)
         if stop_after is not None and it + 1 - start >= stop_after:
             break
-    return json.loads((out / "best.json").read_text()) if (out / "best.json").exists() else {}
+    return [final_record(o) for o in outs]
+
+
+def _drop_diverged(p: Pass, members: list, ok: list[bool], it: int, c, cfg, template, log) -> tuple[list, Pass]:
+    """Mark the models with non-finite loss or parameters diverged and rebuild the pass from the others."""
+    for m, good in zip(members, ok, strict=True):
+        if not good:
+            _save_atomic({"status": "diverged", "iteration": it, "seed": m.cfg.seed,
+                          "reason": "loss or parameters not finite"}, m.out / "status.json")  # fmt: skip
+            (log or _stderr)(f"model {m.out} (seed {m.cfg.seed}) diverged at iteration {it}; the others go on")
+    keep = [j for j, good in enumerate(ok) if good]
+    if not keep:
+        return [], p
+    new = Pass(c, cfg, [members[j].cfg.seed for j in keep], template)
+    for i, j in enumerate(keep):
+        new.load_member(i, p.member(j))
+    new.dec.norm.num_batches_tracked.copy_(p.dec.norm.num_batches_tracked)
+    return [members[j] for j in keep], new
+
+
+def activity_penalty_models(ens: FlyEnsemble, v: torch.Tensor, cfg: FlyTrainConfig) -> torch.Tensor:
+    """Sum over models of `activity_penalty` (each model's penalty depends on its own resting potentials only)."""
+    gap = cfg.activity_baseline - central_mean(ens, v, v.shape[1] // 4)
+    w = torch.where(gap > 0, cfg.below_baseline_weight, cfg.above_baseline_weight)
+    return cfg.activity_penalty * ((w * gap) ** 2).flatten(1).mean(1).sum()
+
+
+def final_record(out: Path) -> dict:
+    """best.json of a run, with its status (diverged or not)."""
+    best = json.loads((out / "best.json").read_text()) if (out / "best.json").exists() else {}
+    status = read_status(out)
+    return {**best, **({"status": status["status"], "diverged_at": status["iteration"]} if status else {})}
+
+
+def train_one(cfg: FlyTrainConfig, out: str | Path, progress=None, stop_after: int | None = None, log=None) -> dict:
+    """Train (or resume) one model into `out` (a pass of one model); returns its best record."""
+    return train_models([cfg], [Path(out)], progress, stop_after, log)[0]
