@@ -74,23 +74,6 @@ def test_ddp_one_step_is_exact_for_raft_small(ray_local, tmp_path, chairs):
     assert clear_elements > 0.5 * sum(g.numel() for g in full.values()), clear_elements
 
 
-def _ray_train_workers() -> list[int]:
-    """PIDs of this process's Ray Train workers (descendants through the raylet this test session started)."""
-    parent, cmd = {}, {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                cmd[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except (OSError, IndexError, ValueError):
-                continue
-    mine, frontier = set(), {os.getpid()}
-    while frontier:
-        frontier = {pid for pid, pp in parent.items() if pp in frontier} - mine
-        mine |= frontier
-    return sorted(pid for pid in mine if "RayTrainWorker" in cmd.get(pid, ""))
-
-
 def _run_in_thread(cfg) -> tuple[threading.Thread, dict]:
     result: dict = {}
 
@@ -124,11 +107,14 @@ def test_killed_worker_restarts_from_its_checkpoint_with_the_same_numbers(ray_lo
     thread, result = _run_in_thread(fault_config(run, chairs))
     killed, deadline = None, time.time() + 600
     while killed is None and thread.is_alive() and time.time() < deadline:
-        workers = _ray_train_workers()
-        if _last_step(run) >= 2 and len(workers) == 2:
-            killed = workers[-1]
+        try:  # rank 0's pid is in progress.json; kill it once a checkpoint exists and before the run ends
+            info = json.loads((run / "progress.json").read_text())
+        except (OSError, ValueError):
+            info = {}
+        if _last_step(run) >= 2 and info.get("pid") and info.get("step", 0) < 6:
+            killed = info["pid"]
             os.kill(killed, signal.SIGKILL)
-        time.sleep(0.2)
+        time.sleep(0.1)
     thread.join(900)
     assert killed is not None, "no worker was caught mid-run"
     assert "error" not in result, result.get("error")
