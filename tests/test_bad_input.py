@@ -280,3 +280,18 @@ def test_tampered_connectome_cache_is_refused(tmp_path):
     (cache / "flyvis-1.2.0" / "provenance.json").write_text("{")
     with pytest.raises(RaywaveError, match="unreadable or incomplete"):
         source.fetch_spec(cache)
+
+
+def test_a_file_system_refusal_is_one_line(ws, monkeypatch, capsys):
+    """Disk full or a permission refused mid-run (an OSError naming a file) is the environment, not a bug."""
+    import errno
+
+    import raywave.cli.waves as waves_cli
+
+    def refused(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/run/frames/C_000003.npy")
+
+    monkeypatch.setattr(waves_cli, "resolve_config", refused)
+    rc, err = run_main(["waves", "simulate", "--out", str(ws / "never")], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "No space left on device: /data/run/frames/C_000003.npy" in err and "re-run to resume" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import NoReturn
 
@@ -87,6 +88,11 @@ def main(argv: list[str] | None = None) -> None:
         _error_line(str(exc))
     except ValidationError as exc:
         _error_line(format_validation_error(exc))
+    except OSError as exc:  # the file system refused (disk full, read-only, permissions): one line, not a bug
+        if exc.filename is None and exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        _error_line(f"{exc.strerror or exc}{where}; free space or choose another location, then re-run to resume")
     except KeyboardInterrupt:
         _interrupted()
     if rc == 130:  # Typer's translation of KeyboardInterrupt (no command exits 130 itself)
