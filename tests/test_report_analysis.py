@@ -203,7 +203,7 @@ def test_paired_recomputed_and_verdicts(sweep3):
         assert row["pairs"] == 5 and row["mean_diff"] == pytest.approx(np.mean(d), abs=1e-12)
         x = [final[(row["arm"], f, s)] for s in range(5)]
         y = [final[("scratch", f, s)] for s in range(5)]
-        poi = sum((xi < yj) + 0.5 * (xi == yj) for xi in x for yj in y) / 25
+        poi = sum((xi < yi) + 0.5 * (xi == yi) for xi, yi in zip(x, y, strict=True)) / 5
         assert row["p_improvement"] == pytest.approx(poi)
     verdicts = {(r["arm"], r["condition"]): r["verdict"] for r in a.tables["paired"] if r["measure"] == "final_val_epe"}
     assert verdicts[("finetune [small-i4]", "all conditions")] == "helped"
@@ -281,3 +281,30 @@ def test_bad_input_one_line(tmp_path, cli):
     (tmp_path / "empty" / "trials").mkdir()
     with pytest.raises(RaywaveError, match="no trials"):
         load_sweep(tmp_path / "empty")
+
+
+def test_nfp_sweep_compares_iterations(tmp_path):
+    """An NFP sweep: arms are the values of `iters`, the metric val_ratio; 8 iterations constructed 0.5% worse
+    relative to the baseline than 4 on every seed -> 'hurt' with a mean difference of 0.005."""
+    root = tmp_path / "nfp-sweep"
+    steps = [10, 20, 30]
+    for iters, offset in ((4, 0.0), (8, 0.005)):
+        for s in range(4):
+            tdir = root / "trials" / f"iters{iters}-s{s}"
+            (tdir / "run").mkdir(parents=True)
+            rows = [{"step": st, "stage": 0, "stage_name": "nfp", "samples": st * 4, "wall_s": st / 10.0,
+                     "val_mse": 0.01, "val_baseline_mse": 0.012,
+                     "val_ratio": 0.9 - 0.01 * st / 10 + 0.01 * s + offset} for st in steps]  # fmt: skip
+            pq.write_table(pa.Table.from_pylist(rows), tdir / "run" / "metrics.parquet")
+            (tdir / "params.json").write_text(json.dumps({"seed": s, "overrides": {"iters": iters, "lr": 4e-4},
+                                                          "status": "complete"}))  # fmt: skip
+    (root / "sweep.json").write_text(json.dumps({"kind": "nfp"}))
+    a = analyze(load_sweep(root), reps=500)
+    assert a.design.metric == "val_ratio" and a.design.baseline == "iters=4"
+    row = next(r for r in a.tables["paired"] if r["measure"] == "final_val_ratio")
+    assert row["arm"] == "iters=8" and row["mean_diff"] == pytest.approx(0.005) and row["verdict"] == "hurt"
+    final = next(r for r in a.tables["summary"] if r["arm"] == "iters=4" and r["measure"] == "final_val_ratio")
+    assert final["mean"] == pytest.approx(np.mean([0.87 + 0.01 * s for s in range(4)]))
+    assert "efficiency" not in a.tables
+    write_report(a, tmp_path / "rep")
+    assert "MSE / repeat-I2 MSE" in (tmp_path / "rep" / "report.md").read_text()

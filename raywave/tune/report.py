@@ -31,7 +31,8 @@ INTRO = {
                       "(median and IQM over seeds with 95% bootstrap intervals).",
     "paired": "Paired comparison with the baseline on the same seed and condition: mean difference (arm - "
               "baseline; negative = lower {metric}) with a 95% stratified-bootstrap interval, and the probability "
-              "of improvement P(arm better than baseline) with its interval. Verdict: 'helped' when the difference's "
+              "of improvement P(arm better than baseline): the fraction of seeds on which the arm had the lower "
+              "{metric} (ties count half), with its interval. Verdict: 'helped' when the difference's "
               "interval lies below 0 and the probability's above 0.5, 'hurt' for the mirror image, otherwise "
               "'indistinguishable' at these settings.",
     "learning_curves": "Learning curves: validation {metric} at every validation step, median over seeds and the "
