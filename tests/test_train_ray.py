@@ -88,3 +88,36 @@ def test_worker_sigkill_restarts_from_last_checkpoint(ray_local, dataset, tmp_pa
     assert (run / "ray").is_dir()  # Ray Train's own storage under the run
     rec2, trained2 = pretrain_run(cfg, quiet=True)  # a finished run trains nothing
     assert not trained2 and rec2["status"] == "complete" and len(read_metrics(run)) == 6
+
+
+@pytest.mark.slow
+def test_driver_sigkill_then_rerun_resumes(dataset, tmp_path):
+    """The real command in its own process (its own embedded Ray): SIGKILL the driver after the first checkpoint,
+    run the same command again: it resumes from that checkpoint and finishes with a continuous step count."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "raywave", "nfp", "pretrain", "--dataset", dataset, "--corr-levels", "2",
+           "--steps", "8", "--batch", "4", "--val-every", "2", "--checkpoint-every", "2", "--workers", "2",
+           "--out", str(run), "--quiet"]  # fmt: skip
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.json"
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and json.loads(last.read_text())["step"] >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(last.read_text())["step"]
+    assert killed_at < 8
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rec = json.loads((run / "run.json").read_text())
+    assert rec["status"] == "complete" and len(rec["attempts"]) == 2
+    steps = [r["step"] for r in read_metrics(run)]
+    assert steps == sorted(set(steps)) and steps[-1] == 8
+    assert RunCheckpoints(str(run)).pointer()["step"] == 8

@@ -100,5 +100,6 @@ def run_benchmark(steps: int = 30, batch: int = 8, warmup: int = 5, side: int = 
     plain = rows[0]["samples_per_s"]
     for r in rows:
         r["vs_plain"] = r["samples_per_s"] / plain
-    return {"machine": machine_info(), "frame_px": side * ppc, "batch": batch, "steps": steps,
+    return {"machine": machine_info(), "load_average_1_5_15": list(os.getloadavg()), "frame_px": side * ppc,
+            "batch": batch, "steps": steps,
             "warmup_steps": warmup, "rows": rows, "goal": "Ray Train 1 worker >= 0.9x plain"}  # fmt: skip
