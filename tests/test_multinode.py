@@ -255,18 +255,27 @@ def test_ofe_train_survives_a_lost_node(loopback_cluster):
            "--address", loopback_cluster.address]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, env=loopback_cluster.env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)  # fmt: skip
-    removed, deadline = None, time.time() + 900
+    def train_workers() -> dict[int, int]:  # pid -> worker node index, for this cluster's Train workers
+        nodes = {pid: loopback_cluster.node_of(pid) for pid in _titled("RayTrainWorker")}
+        return {pid: node for pid, node in nodes.items() if node is not None}
+
+    removed, before, deadline = None, {}, time.time() + 900
     while removed is None and proc.poll() is None and time.time() < deadline:
         if _last_step(out) >= 2:
             controller = {loopback_cluster.node_of(p) for p in _titled("TrainController")}
-            workers = {loopback_cluster.node_of(p) for p in _titled("RayTrainWorker")} - {None}
-            candidates = sorted(workers - controller)
+            before = train_workers()
+            candidates = sorted(set(before.values()) - controller)
             if candidates:
                 removed = candidates[0]
                 loopback_cluster.remove(removed)
         time.sleep(0.2)
     assert removed is not None, "no Train worker was caught on a removable node mid-run"
+    restarted = set()
+    while proc.poll() is None and not restarted:  # the worker group comes back on the surviving node
+        restarted = set(train_workers()) - set(before)
+        time.sleep(0.2)
     stdout, stderr = proc.communicate(timeout=1200)
+    assert restarted, "the Train worker group was never restarted after the node was lost"
     assert proc.returncode == 0, (stdout + stderr)[-3000:]
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == list(range(1, 9))  # continuous: nothing lost, nothing repeated
