@@ -1,4 +1,5 @@
-"""`raywave bench train`: samples/s of the training loop in-process vs Ray Train with 1 and 2 workers.
+"""`raywave bench train`: samples/s of the training loop in-process vs Ray Train with 1 and 2 workers,
+for NFP-small (32x32 px wave-like frames, 2 correlation levels) and RAFT-small (128x128 synthetic pairs).
 
 Each configuration is the real command (`raywave nfp pretrain`, and `raywave ofe train` for RAFT-small when it
 is available) in a fresh process with the same config and `OMP_WAIT_POLICY=PASSIVE`, 1 torch thread per
@@ -77,6 +78,26 @@ def run_nfp(dataset: str, workers: int, steps: int, batch: int, warmup: int, tmp
            "--corr-levels", "2", "--steps", str(steps), "--batch", str(batch), "--val-every", str(steps),
            "--checkpoint-every", str(steps), "--workers", str(workers), "--threads", "1", "--out", str(out),
            "--quiet"]  # fmt: skip
+    return _timed(cmd, out, workers, warmup)
+
+
+def run_raft(workers: int, steps: int, batch: int, warmup: int, tmp: Path, size: int = 128) -> dict:
+    """RAFT-small through `raywave ofe train` (scratch, one stage on synthetic Chairs-layout pairs)."""
+    import yaml
+
+    out = tmp / f"raft-w{workers}"
+    cfg = {"variant": "small", "strategy": "scratch",
+           "synthetic_chairs": {"pairs": 24, "height": size, "width": size, "val_every": 6},
+           "stages": [{"name": "chairs", "steps": steps, "batch": batch, "lr": 4e-4, "crop": [size, size],
+                       "iters": 4, "val_iters": 4, "val_every": steps, "augment": False}],
+           "checkpoint_every": steps, "log_every": max(1, warmup)}  # fmt: skip
+    (tmp / "raft.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "raywave", "ofe", "train", "-c", str(tmp / "raft.yaml"), "--workers", str(workers),
+           "--threads", "1", "--out", str(out), "--quiet"]  # fmt: skip
+    return _timed(cmd, out, workers, warmup)
+
+
+def _timed(cmd: list[str], out: Path, workers: int, warmup: int) -> dict:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -87,19 +108,29 @@ def run_nfp(dataset: str, workers: int, steps: int, batch: int, warmup: int, tmp
             "workers": workers, "command_wall_s": wall, **_throughput(out, warmup)}  # fmt: skip
 
 
-def run_benchmark(steps: int = 30, batch: int = 8, warmup: int = 5, side: int = 16, ppc: int = 2, log=None) -> dict:
-    """NFP-small: plain loop, Ray Train 1 worker, Ray Train 2 workers (1 thread each); ratios to the plain loop."""
+def run_benchmark(steps: int = 30, batch: int = 8, warmup: int = 5, side: int = 16, ppc: int = 2, log=None,
+                  tasks: tuple[str, ...] = ("nfp", "raft"), raft_steps: int = 20,
+                  raft_batch: int = 4) -> dict:  # fmt: skip
+    """NFP-small (and RAFT-small): plain loop, Ray Train 1 worker, Ray Train 2 workers (1 thread each); ratios to
+    the plain loop of the same task."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="raywave-bench-train-") as d:
         tmp = Path(d)
-        dataset = blob_dataset(tmp / "ds", side=side, frames=40, sims=6, ppc=ppc)
-        for workers in (0, 1, 2):
-            if log:
-                log(f"NFP-small, {workers or 'no'} Ray workers: {steps} steps of batch {batch}")
-            rows.append({"task": "NFP-small", **run_nfp(dataset, workers, steps, batch, warmup, tmp)})
-    plain = rows[0]["samples_per_s"]
+        if "nfp" in tasks:
+            dataset = blob_dataset(tmp / "ds", side=side, frames=40, sims=6, ppc=ppc)
+            for workers in (0, 1, 2):
+                if log:
+                    log(f"NFP-small, {workers or 'no'} Ray workers: {steps} steps of batch {batch}")
+                rows.append({"task": "NFP-small", **run_nfp(dataset, workers, steps, batch, warmup, tmp)})
+        if "raft" in tasks:
+            for workers in (0, 1, 2):
+                if log:
+                    log(f"RAFT-small, {workers or 'no'} Ray workers: {raft_steps} steps of batch {raft_batch}")
+                rows.append({"task": "RAFT-small", **run_raft(workers, raft_steps, raft_batch, warmup, tmp)})
     for r in rows:
+        plain = next(p for p in rows if p["task"] == r["task"] and p["workers"] == 0)["samples_per_s"]
         r["vs_plain"] = r["samples_per_s"] / plain
     return {"machine": machine_info(), "load_average_1_5_15": list(os.getloadavg()), "frame_px": side * ppc,
             "batch": batch, "steps": steps,
-            "warmup_steps": warmup, "rows": rows, "goal": "Ray Train 1 worker >= 0.9x plain"}  # fmt: skip
+            "warmup_steps": warmup, "raft": {"size": 128, "batch": raft_batch, "steps": raft_steps, "iters": 4},
+            "rows": rows, "goal": "Ray Train 1 worker >= 0.9x plain"}  # fmt: skip

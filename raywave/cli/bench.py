@@ -192,20 +192,25 @@ def train(
     warmup: int = typer.Option(5, help="steps not timed at the start"),
     side: int = typer.Option(16, help="lattice side of the benchmark's wave-like dataset"),
     pixels_per_cell: int = typer.Option(2, help="pixels per lattice cell (frames of side x this px)"),
+    tasks: str = typer.Option("nfp,raft", help="nfp, raft or both (RAFT-small: 128x128, batch 4, 20 steps)"),
     save: Path = typer.Option(None, help="write the results JSON here (e.g. benchmarks/results/train-cpu.json)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:
-    """Samples/s of NFP-small training: plain loop in-process vs Ray Train with 1 and 2 workers (1 thread each)."""
+    """Samples/s of NFP-small and RAFT-small training: plain loop vs Ray Train with 1 and 2 workers (1 thread each)."""
     from raywave.bench.train import run_benchmark
 
     if min(steps, batch, side, pixels_per_cell) < 1 or batch % 2 or not 0 <= warmup < steps - 1:
         raise ConfigError("--steps, --batch (even), --side, --pixels-per-cell >= 1; 0 <= --warmup < steps - 1")
+    chosen = tuple(t.strip() for t in tasks.split(",") if t.strip())
+    if not chosen or set(chosen) - {"nfp", "raft"}:
+        raise ConfigError(f"--tasks {tasks!r}: choose nfp, raft or nfp,raft")
     console = Console(stderr=True)
-    result = run_benchmark(steps, batch, warmup, side, pixels_per_cell, log=None if as_json else console.log)
+    result = run_benchmark(steps, batch, warmup, side, pixels_per_cell, log=None if as_json else console.log,
+                           tasks=chosen)  # fmt: skip
     if _emit(result, save, as_json):
         return
     m = result["machine"]
-    t = Table(title=f"training benchmark ({m['cpus']} CPUs: {m['cpu']}; {result['frame_px']} px, batch {batch})")
+    t = Table(title=f"training benchmark ({m['cpus']} CPUs: {m['cpu']}; load {result['load_average_1_5_15'][0]:.1f})")
     for col in ("task", "mode", "samples/s", "x plain", "command wall s", "goal"):
         t.add_column(col, justify="right")
     for r in result["rows"]:
