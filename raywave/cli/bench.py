@@ -186,6 +186,40 @@ def fly(
 
 
 @app.command()
+def ensemble(
+    models: str = typer.Option("1,4,8", help="comma-separated models per pass (K); add 50 on a GPU"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    batch: int = typer.Option(4, help="batch size per model"),
+    steps: int = typer.Option(40, help="Euler steps per sample"),
+    repeats: int = typer.Option(3, help="timed repetitions per process (the fastest is reported)"),
+    rounds: int = typer.Option(2, help="fresh processes per K, alternating between the K values"),
+    save: Path = typer.Option(None, help="write the results JSON here (e.g. benchmarks/results/ensemble-cpu.json)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+) -> None:
+    """Fly ensembles: per-model training throughput with K models in one network pass, against K = 1."""
+    from raywave.bench.ensemble import run_benchmark
+
+    try:
+        ks = sorted({int(k) for k in models.split(",") if k.strip()})
+    except ValueError:
+        raise ConfigError(f"--models {models!r}: give comma-separated integers, e.g. 1,4,8") from None
+    if not ks or ks[0] < 1 or min(repeats, rounds, batch, steps) < 1:
+        raise ConfigError("--models values, --repeats, --rounds, --batch and --steps must be >= 1")
+    _require_device(device)
+    result = run_benchmark(ks, device, batch, steps, repeats, rounds, log=None if as_json else Console(stderr=True).log)
+    if _emit(result, save, as_json):
+        return
+    t = Table(title=f"fly ensemble benchmark on {device} ({result['machine']['cpu']}, gpu: {result['machine']['gpu']})")
+    for col in ("K", "step s", "model-it/s", "per model vs K=1", "peak MiB"):
+        t.add_column(col, justify="right")
+    for r in result["rows"]:
+        ratio = r["per_model_vs_k1"]
+        t.add_row(str(r["models_per_pass"]), f"{r['step_seconds']:.3f}", f"{r['model_iterations_per_s']:.2f}",
+                  "-" if ratio is None else f"{ratio:.2f}x", f"{r['peak_memory_mib']:.0f}")  # fmt: skip
+    Console(width=max(Console().width, 120)).print(t)
+
+
+@app.command()
 def train(
     steps: int = typer.Option(30, help="optimizer steps per configuration (throughput after --warmup steps)"),
     batch: int = typer.Option(8, help="global batch"),

@@ -16,6 +16,7 @@ from raywave.io import check_output
 app = typer.Typer(help="Fly visual-system network: connectome, simulation, eye rendering, training.",
                   no_args_is_help=True)  # fmt: skip
 console = Console()
+app.add_typer(__import__("raywave.cli.fly_ensemble", fromlist=["app"]).app, name="ensemble")
 CONNECTOME_HELP = "connectome spec JSON in the flyvis format (default: the published one, from the flyvis wheel)"
 
 

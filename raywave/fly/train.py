@@ -242,8 +242,8 @@ def check_run_dir(out: Path, cfg: FlyTrainConfig) -> None:
     """A directory whose checkpoints come from another config is refused (read only; nothing is written)."""
     cfg_path = out / "config.json"
     if cfg_path.exists() and latest_checkpoint(out) is not None:
-        try:
-            same = json.loads(cfg_path.read_text()) == cfg.model_dump()
+        try:  # validated, so that fields added since (with their defaults) do not count as a difference
+            same = FlyTrainConfig.model_validate(json.loads(cfg_path.read_text())).model_dump() == cfg.model_dump()
         except ValueError:
             same = False
         if not same:
@@ -404,31 +404,16 @@ def train_models(cfgs: list[FlyTrainConfig], outs: list, progress=None, stop_aft
             load_states(template, FlowDecoder(n_out=len(c.output_types)), ck, m.out)  # checks the connectome
             p.load_member(j, ck)
             m.history = ck["history"]
-    dtype = getattr(torch, cfg.dtype)
+        (m.out / "status.json").unlink(missing_ok=True)  # (re)trained from its last good checkpoint
     for it in range(start, cfg.iterations):
-        lum, flow = _stack([m.batch(it) for m in members], cfg.device, dtype)
-        for group in p.opt.param_groups:
-            group["lr"] = learning_rate(cfg, it)
-        gens = [dropout_generator(m.cfg.seed, it, cfg.device) for m in members]
-        pred, v = p.predict(lum, cfg, gens)
-        losses = l2norm_models(pred, flow)
-        penalty_grad = None
-        if cfg.activity_penalty > 0 and it < cfg.penalty_stop:
-            penalty = activity_penalty_models(p.ens, v, cfg)
-            penalty_grad = torch.autograd.grad(penalty, p.ens.v_rest, retain_graph=True)[0]
-        p.opt.zero_grad()
-        losses.sum().backward()
-        if penalty_grad is not None:
-            p.ens.v_rest.grad += penalty_grad
-        p.opt.step()
-        p.ens.clamp_()
+        losses = _step(p, members, cfg, it)
         for m, loss in zip(members, losses.tolist(), strict=True):
             m.losses.append(loss)
         for seed, at in (faults or {}).items():
             if at == it + 1 and seed in p.ens.seeds:
                 with torch.no_grad():
                     p.ens.v_rest[p.ens.seeds.index(seed)] = float("nan")
-        ok = (losses.detach().isfinite().cpu() & p.finite().cpu()).tolist()
+        ok = (losses.isfinite().cpu() & p.finite().cpu()).tolist()
         if not all(ok):
             members, p = _drop_diverged(p, members, ok, it + 1, c, cfg, template, log)
             if not members:
@@ -443,6 +428,27 @@ def train_models(cfgs: list[FlyTrainConfig], outs: list, progress=None, stop_aft
         if stop_after is not None and it + 1 - start >= stop_after:
             break
     return [final_record(o) for o in outs]
+
+
+def _step(p: Pass, members: list[Member], cfg: FlyTrainConfig, it: int) -> torch.Tensor:
+    """One training step of every model of the pass (one network pass); returns the (K,) losses."""
+    lum, flow = _stack([m.batch(it) for m in members], cfg.device, getattr(torch, cfg.dtype))
+    for group in p.opt.param_groups:
+        group["lr"] = learning_rate(cfg, it)
+    gens = [dropout_generator(m.cfg.seed, it, cfg.device) for m in members]
+    pred, v = p.predict(lum, cfg, gens)
+    losses = l2norm_models(pred, flow)
+    penalty_grad = None
+    if cfg.activity_penalty > 0 and it < cfg.penalty_stop:
+        penalty = activity_penalty_models(p.ens, v, cfg)
+        penalty_grad = torch.autograd.grad(penalty, p.ens.v_rest, retain_graph=True)[0]
+    p.opt.zero_grad()
+    losses.sum().backward()  # the models share no parameter: each gets the gradient of its own loss
+    if penalty_grad is not None:
+        p.ens.v_rest.grad += penalty_grad
+    p.opt.step()
+    p.ens.clamp_()
+    return losses.detach()
 
 
 def _drop_diverged(p: Pass, members: list, ok: list[bool], it: int, c, cfg, template, log) -> tuple[list, Pass]:
