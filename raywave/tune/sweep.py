@@ -11,6 +11,7 @@ ones continue from their run's last checkpoint. `run_nfp` is the same over `rayw
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import threading
@@ -230,17 +231,29 @@ def _check_data(kind: str, trials: list[TrialSpec], settings: dict) -> None:
     check_data(build(OFETrainConfig, trials[0].config, what="trial config"))
 
 
+def _start_ray(stack: contextlib.ExitStack, address: str | None, dashboard: bool) -> dict:
+    """The Ray session (embedded, or `address`); a Ray that does not come up is one line, not a traceback."""
+    from raywave.runtime import ray_session
+
+    try:
+        return stack.enter_context(ray_session(address=address, dashboard=dashboard))
+    except RaywaveError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ray.init raises plain Exceptions (e.g. a node start timeout)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RaywaveError(f"Ray did not start ({first}); nothing was written, re-run the command") from None
+
+
 def _run(kind: str, sweep, trials: list[TrialSpec], out: Path, address, log, analyze: bool, settings: dict) -> Path:
     from ray import tune
-
-    from raywave.runtime import ray_session
 
     resuming = _check_out(out, sweep.fingerprint())
     _check_data(kind, trials, settings)
     max_t = max(_total_steps(kind, t.config) for t in trials)
     train_workers = int(trials[0].config.get("workers", 0))
     # Tune stopping a Train trial leaks its placement group without the dashboard (ray#54305)
-    with ray_session(address=address, dashboard=sweep.asha is not None and train_workers > 0) as cluster:
+    with contextlib.ExitStack() as stack:
+        cluster = _start_ray(stack, address, dashboard=sweep.asha is not None and train_workers > 0)
         per_trial = check_cluster(sweep.resources, cluster, trials[0].config)
         nfp_info = pretrain_settings(settings, log) if settings else {}
         _write_start(out, kind, sweep, trials, cluster, {"nfp": nfp_info} if kind == "transfer" else {})
