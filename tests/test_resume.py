@@ -97,3 +97,13 @@ def test_storage_dtypes_round_trip(tmp_path, dtype):
     man = small.manifest()
     assert man["variables"]["C"]["dtype"] == dtype and man["n_frames"] == 5
     assert np.allclose(small.times(), 0.1 * np.arange(1, 6))
+
+
+def test_run_killed_before_its_first_manifest_resumes(tmp_path):
+    """Killed between writing config.yaml and the first manifest: the same command starts it, not refuses it."""
+    from raywave.config import save_model
+
+    cfg = SimulationConfig(height=4, width=4, dt_ms=1.0, duration_s=0.2, checkpoint_every_s=0.1, compile="off")
+    (tmp_path / "r").mkdir()
+    save_model(cfg, tmp_path / "r" / "config.yaml")
+    assert simulate(cfg, tmp_path / "r").manifest()["status"] == "complete"
