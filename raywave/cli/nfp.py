@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from raywave.config import build, load_yaml
-from raywave.errors import ConfigError
+from raywave.errors import ConfigError, RaywaveError
 from raywave.train.nfp import NFPConfig
 
 app = typer.Typer(help="Next-frame-prediction (NFP) pretraining on retinal-wave triplets.", no_args_is_help=True)
@@ -104,7 +104,13 @@ def pretrain_run(cfg: PretrainConfig, quiet: bool = False, stop_after: int | Non
     with contextlib.ExitStack() as stack:
         resources = None
         if cfg.workers > 0:
-            resources = stack.enter_context(ray_session(address=cfg.address))
+            try:
+                resources = stack.enter_context(ray_session(address=cfg.address))
+            except RaywaveError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - ray.init raises plain Exceptions (a node start timeout)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise RaywaveError(f"Ray did not start ({first}); nothing was written, re-run the command") from None
             check_resources(resources, opts, 0.25)
         if resolve(cfg.out).is_local:  # one writer per run directory
             stack.enter_context(exclusive(resolve(cfg.out).path, "training run"))
