@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
