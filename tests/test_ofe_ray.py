@@ -100,6 +100,7 @@ def fault_config(out: Path, chairs: Path):
     return tiny_config(out, chairs, workers=2, max_failures=2, stages=stages, checkpoint_every=2)
 
 
+@pytest.mark.slow
 def test_killed_worker_restarts_from_its_checkpoint_with_the_same_numbers(ray_local, tmp_path, chairs):
     ref = train_run(fault_config(tmp_path / "ref", chairs), quiet=True)
     assert ref["status"] == "complete"
@@ -123,7 +124,8 @@ def test_killed_worker_restarts_from_its_checkpoint_with_the_same_numbers(ray_lo
     assert [r["step"] for r in b] == list(range(1, 7))  # continuous, nothing repeated or lost
     for ra, rb in zip(a, b, strict=True):
         for k in ("train_loss", "lr", "samples", "val_epe"):
-            assert ra.get(k) == pytest.approx(rb.get(k), rel=1e-6, abs=1e-9), (k, ra, rb)
+            va, vb = ra.get(k), rb.get(k)
+            assert (va is None) == (vb is None) and (va is None or va == pytest.approx(vb, rel=1e-6)), (k, ra, rb)
 
 
 @pytest.mark.slow
