@@ -205,6 +205,10 @@ def test_paired_recomputed_and_verdicts(sweep3):
         y = [final[("scratch", f, s)] for s in range(5)]
         poi = sum((xi < yi) + 0.5 * (xi == yi) for xi, yi in zip(x, y, strict=True)) / 5
         assert row["p_improvement"] == pytest.approx(poi)
+        wins, n = sum(di < 0 for di in d), sum(di != 0 for di in d)
+        k = min(wins, n - wins)
+        p_sign = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+        assert row["sign_test_p"] == pytest.approx(p_sign)
     verdicts = {(r["arm"], r["condition"]): r["verdict"] for r in a.tables["paired"] if r["measure"] == "final_val_epe"}
     assert verdicts[("finetune [small-i4]", "all conditions")] == "helped"
     assert verdicts[("freeze_encoder [small-i4]", "fraction=1")] == "indistinguishable"
@@ -213,11 +217,16 @@ def test_paired_recomputed_and_verdicts(sweep3):
 
 @pytest.mark.parametrize("offset,expected", [(-0.5, "helped"), (0.5, "hurt"), (0.0, "indistinguishable")])
 def test_verdict_known_answers(tmp_path, offset, expected):
-    root = make_sweep(tmp_path / "s", {("scratch", None): 0.0, ("finetune", "n"): offset}, seeds=4)
+    root = make_sweep(tmp_path / "s", {("scratch", None): 0.0, ("finetune", "n"): offset}, seeds=6)
     a = analyze(load_sweep(root), reps=2000)
     row = next(r for r in a.tables["paired"] if r["measure"] == "final_val_epe")
     assert row["verdict"] == expected
     assert a.sentences[0].startswith(f"finetune [n] {expected if expected != 'indistinguishable' else 'was'}")
+    # the same construction with 3 seeds cannot conclude anything (a sign test of 3 pairs never reaches p < 0.05)
+    few = analyze(load_sweep(make_sweep(tmp_path / "few", {("scratch", None): 0.0, ("finetune", "n"): offset},
+                                        seeds=3)), reps=500)  # fmt: skip
+    row = next(r for r in few.tables["paired"] if r["measure"] == "final_val_epe")
+    assert row["verdict"] == "indistinguishable" and row["sign_test_p"] == pytest.approx(0.25 if offset else 1.0)
 
 
 def test_identical_distributions_rarely_called_different(tmp_path):
@@ -285,11 +294,11 @@ def test_bad_input_one_line(tmp_path, cli):
 
 def test_nfp_sweep_compares_iterations(tmp_path):
     """An NFP sweep: arms are the values of `iters`, the metric val_ratio; 8 iterations constructed 0.5% worse
-    relative to the baseline than 4 on every seed -> 'hurt' with a mean difference of 0.005."""
+    relative to the baseline than 4 on each of 6 seeds -> 'hurt' with a mean difference of 0.005."""
     root = tmp_path / "nfp-sweep"
     steps = [10, 20, 30]
     for iters, offset in ((4, 0.0), (8, 0.005)):
-        for s in range(4):
+        for s in range(6):
             tdir = root / "trials" / f"iters{iters}-s{s}"
             (tdir / "run").mkdir(parents=True)
             rows = [{"step": st, "stage": 0, "stage_name": "nfp", "samples": st * 4, "wall_s": st / 10.0,
@@ -304,7 +313,7 @@ def test_nfp_sweep_compares_iterations(tmp_path):
     row = next(r for r in a.tables["paired"] if r["measure"] == "final_val_ratio")
     assert row["arm"] == "iters=8" and row["mean_diff"] == pytest.approx(0.005) and row["verdict"] == "hurt"
     final = next(r for r in a.tables["summary"] if r["arm"] == "iters=4" and r["measure"] == "final_val_ratio")
-    assert final["mean"] == pytest.approx(np.mean([0.87 + 0.01 * s for s in range(4)]))
+    assert final["mean"] == pytest.approx(np.mean([0.87 + 0.01 * s for s in range(6)]))
     assert "efficiency" not in a.tables
     write_report(a, tmp_path / "rep")
     assert "MSE / repeat-I2 MSE" in (tmp_path / "rep" / "report.md").read_text()

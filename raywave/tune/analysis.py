@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from raywave.tune.layout import Sweep, Trial
-from raywave.tune.stats import Estimate, probability_of_improvement, stratified_interval, verdict
+from raywave.tune.stats import Estimate, probability_of_improvement, sign_test, stratified_interval, verdict
 
 BASELINE = "scratch"
 ALL = "all conditions"
@@ -300,16 +300,18 @@ def _paired(groups, d: Design, outcomes, reps: int, seed: int) -> tuple[list[dic
             for label, parts in blocks:
                 diff = stratified_interval([df for _, _, df in parts], "mean", reps, seed)
                 poi = probability_of_improvement([(x, y) for x, y, _ in parts], reps, seed)
-                v = verdict(diff, poi)
+                p_sign = sign_test([df for _, _, df in parts])
+                v = verdict(diff, poi, p_sign)
                 rows.append({"arm": arm, "condition": label, "measure": m, "pairs": diff.n, "mean_diff": diff.value,
                              "mean_diff_lo": diff.lo, "mean_diff_hi": diff.hi, "p_improvement": poi.value,
-                             "p_improvement_lo": poi.lo, "p_improvement_hi": poi.hi, "verdict": v})  # fmt: skip
+                             "p_improvement_lo": poi.lo, "p_improvement_hi": poi.hi, "sign_test_p": p_sign,
+                             "verdict": v})  # fmt: skip
                 if m.startswith("final") and label == (ALL if len(strata) > 1 else strata[0][0]):
-                    sentences.append(_sentence(arm, d, label, diff, poi, v))
+                    sentences.append(_sentence(arm, d, label, diff, poi, p_sign, v))
     return rows, sentences
 
 
-def _sentence(arm: str, d: Design, label: str, diff: Estimate, poi: Estimate, v: str) -> str:
+def _sentence(arm: str, d: Design, label: str, diff: Estimate, poi: Estimate, p_sign: float, v: str) -> str:
     what = "final validation EPE" if d.metric == "val_epe" else "final validation MSE / repeat-I2 MSE"
     where = "" if label in ("-", ALL) else f" at {label}"
     if diff.n == 0:
@@ -318,7 +320,8 @@ def _sentence(arm: str, d: Design, label: str, diff: Estimate, poi: Estimate, v:
     return (f"{arm} {v if v != 'indistinguishable' else 'was indistinguishable from ' + d.baseline}"
             f"{'' if v == 'indistinguishable' else ' compared with ' + d.baseline}{where}: {what} "
             f"{abs(diff.value):.3g} {change} on average (95% CI of the difference {diff.lo:.3g} to {diff.hi:.3g}),"
-            f" P(better than {d.baseline}) = {poi.value:.2f} ({poi.lo:.2f}-{poi.hi:.2f}), {diff.n} paired runs.")
+            f" P(better than {d.baseline}) = {poi.value:.2f} ({poi.lo:.2f}-{poi.hi:.2f}), sign test p = {p_sign:.2g},"
+            f" {diff.n} paired runs.")
 
 
 def _curves(groups, d: Design, reps: int, seed: int) -> dict[tuple[str, str], dict[str, np.ndarray]]:

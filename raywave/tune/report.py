@@ -32,9 +32,10 @@ INTRO = {
     "paired": "Paired comparison with the baseline on the same seed and condition: mean difference (arm - "
               "baseline; negative = lower {metric}) with a 95% stratified-bootstrap interval, and the probability "
               "of improvement P(arm better than baseline): the fraction of seeds on which the arm had the lower "
-              "{metric} (ties count half), with its interval. Verdict: 'helped' when the difference's "
-              "interval lies below 0 and the probability's above 0.5, 'hurt' for the mirror image, otherwise "
-              "'indistinguishable' at these settings.",
+              "{metric} (ties count half), with its interval, and the exact two-sided sign test of the paired "
+              "differences. Verdict: 'helped' when the difference's interval lies below 0, the probability's "
+              "above 0.5 and the sign test gives p < 0.05 (so at least 6 paired seeds, all better); 'hurt' for "
+              "the mirror image; otherwise 'indistinguishable' at these settings.",
     "learning_curves": "Learning curves: validation {metric} at every validation step, median over seeds and the "
                        "95% bootstrap interval of that median (n = seeds still running at that step).",
     "trials": "Every trial of the sweep, with its status.",
@@ -113,9 +114,10 @@ def display_tables(a: Analysis) -> dict[str, tuple[list[str], list[list[str]]]]:
                                    [[r["arm"], r["others"], fmt(r["data_fraction"]), fmt(r["n"]), _ci(r, "median"),
                                      _ci(r, "iqm")] for r in t["generalisation"]])  # fmt: skip
     shown["paired"] = (["arm", "condition", "measure", "pairs", "mean difference [95% CI]",
-                        "P(better) [95% CI]", "verdict"],
+                        "P(better) [95% CI]", "sign test p", "verdict"],
                        [[r["arm"], r["condition"], r["measure"], fmt(r["pairs"]), _ci(r, "mean_diff"),
-                         _ci(r, "p_improvement"), r["verdict"]] for r in t["paired"]])  # fmt: skip
+                         _ci(r, "p_improvement"), fmt(r["sign_test_p"]), r["verdict"]]
+                        for r in t["paired"]])  # fmt: skip
     trial_cols = list(t["trials"][0]) if t["trials"] else []
     shown["trials"] = (trial_cols, [[fmt(r[c]) for c in trial_cols] for r in t["trials"]])
     return shown
