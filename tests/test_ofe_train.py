@@ -223,3 +223,19 @@ def test_correlation_stays_fp32_under_autocast_and_bf16_trains(tmp_path, chairs,
                                 stages=[tiny_stage(steps=1, iters=1, val_iters=1)]), quiet=True)  # fmt: skip
     final = rec["summary"]["final"]
     assert rec["status"] == "complete" and 0 < final["val_epe"] < float("inf")
+
+
+def test_more_workers_than_cpus_is_refused_before_ray_starts(tmp_path, chairs, monkeypatch):
+    import os
+
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():
+        pytest.skip("a Ray session of this process would be used instead of the embedded one")
+    n = (os.cpu_count() or 1) + 2
+    out = tmp_path / "run"
+    cfg = tiny_config(out, chairs, workers=n, stages=[tiny_stage(batch=n)])
+    with pytest.raises(RaywaveError, match="more than the cluster's"):
+        train_run(cfg, quiet=True)
+    assert not out.exists() and not ray.is_initialized()

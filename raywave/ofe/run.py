@@ -109,18 +109,30 @@ def train_run(cfg: OFETrainConfig, quiet: bool = False, log: Callable[[str], Non
                    wall_s=time.time() - t0)  # fmt: skip
 
 
-def _ray(stack: contextlib.ExitStack, cfg: OFETrainConfig, stop_after: int | None):
-    """The Ray session and the fit options; more workers or GPUs than the cluster has is one line, exit 2."""
-    from raywave.runtime import ray_session
+def _fit_options(cfg: OFETrainConfig, resources: dict, stop_after: int | None):
+    """Fit options for these resources; more workers or GPUs than they hold is one line, exit 2."""
     from raywave.train.ray_train import FitOptions, check_resources
 
-    resources = stack.enter_context(ray_session(address=cfg.address))
     gpus = 1.0 if resolve_device(cfg.device, resources) == "cuda" else 0.0
     opts = FitOptions(workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=gpus,
                       max_failures=cfg.max_failures, threads=cfg.threads, ray_data=False, precision=cfg.precision,
                       seed=cfg.seed, stop_after=stop_after)  # fmt: skip
     check_resources(resources, opts, DATA_CPUS)
-    return resources, opts
+    return opts
+
+
+def _ray(stack: contextlib.ExitStack, cfg: OFETrainConfig, stop_after: int | None):
+    """The Ray session and the fit options. The embedded Ray will hold this machine's CPUs and GPUs: those are
+    checked before it starts; a cluster's resources once attached (still before any worker starts)."""
+    import ray
+    import torch
+
+    from raywave.runtime import ray_session
+
+    if not (cfg.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+        _fit_options(cfg, {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}, stop_after)
+    resources = stack.enter_context(ray_session(address=cfg.address))
+    return resources, _fit_options(cfg, resources, stop_after)
 
 
 def _train(cfg: OFETrainConfig, task_config: dict, device: str, resources, opts, update, stop_after) -> None:
