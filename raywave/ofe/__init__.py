@@ -1,1 +1,1 @@
-"""Optical-flow estimation: metrics, evaluation of RAFT checkpoints, (later) training and transfer runs."""
+"""Optical-flow estimation: metrics, evaluation of RAFT checkpoints, staged RAFT training under transfer strategies."""

@@ -3,10 +3,11 @@ training step, validation (EPE, 1/3/5 px through `raywave.ofe.metrics`, and the 
 
 No Ray here: the loop core (`raywave.train.loop`) drives these pieces, in one process or on Ray Train workers.
 
-Per stage, as in princeton-vl/RAFT `train.py`: AdamW (eps 1e-8) over the trainable parameters, OneCycleLR over
-steps + 100 (5% warm-up, linear decay, no momentum cycling), `sequence_loss` with the stage's gamma over 12
-iterations, the gradient norm clipped to 1.0. Each stage starts from the previous stage's final weights with a
-fresh optimiser and schedule; the strategy's frozen parameters and held BatchNorm layers stay so throughout.
+Per stage, as in princeton-vl/RAFT `train.py`: the loop core's AdamW (eps 1e-8) over the trainable parameters and
+OneCycleLR (5% linear warm-up, linear decay, no momentum cycling; over steps + 1 where the reference uses
+steps + 100), `sequence_loss` with the stage's gamma over `iters` (12) iterations, the gradient norm clipped to
+`clip` (1.0). Each stage starts from the previous stage's final weights with a fresh optimiser and schedule; the
+strategy's frozen parameters and held BatchNorm layers stay so throughout (the model is built once per process).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def encoder_variant(state: dict[str, torch.Tensor]) -> str | None:
 
 
 def nfp_checkpoint_path(source: str | Path) -> Path:
-    """The NFP checkpoint file of a run directory (its final or best checkpoint) or the path itself."""
+    """The NFP checkpoint file of a run directory (its best checkpoint), a checkpoint directory, or a file."""
     from raywave.train.checkpoints import resolve_checkpoint  # the run layout belongs to the training layer
 
     return Path(resolve_checkpoint(str(source), "best"))
