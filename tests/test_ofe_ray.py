@@ -153,7 +153,7 @@ def test_killed_driver_resumes_and_a_finished_run_trains_nothing(tmp_path, chair
     rec = json.loads((out / "run.json").read_text())
     assert rec["status"] == "complete" and len(rec["attempts"]) == 2
     third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert third.returncode == 0 and "nothing to train" in third.stderr, third.stderr[-2000:]
+    assert third.returncode == 0 and "nothing to train" in third.stdout + third.stderr, third.stderr[-2000:]
     assert read_metrics(out) == rows and len(json.loads((out / "run.json").read_text())["attempts"]) == 2
 
 
