@@ -40,17 +40,63 @@ def example(name: str) -> str:
     return str(path)
 
 
-def stages(out: Path, tiny: bool) -> list[Stage]:
+def write_configs(out: Path, tiny: bool) -> dict[str, Path]:
+    """The demo's resolved config files under OUT/configs, with OUT's paths filled in (the templates in
+    examples/ name runs/...). Returns {name: path}: `sweep` and one `nfp-<setting>` per NFP setting of the sweep,
+    each the exact config the sweep would pretrain, so the sweep finds those runs complete and reuses them."""
+    from raywave.config import build, load_yaml
+    from raywave.tune.spec import TransferSweep, nfp_settings
+
+    p = "tiny" if tiny else "demo"
+    root = out.absolute()
+    sweep = load_yaml(example(f"sweep-transfer-{p}.yaml"))
+    for setting in sweep.get("nfp", {}).values():
+        setting["dataset"] = str(root / "rw-dataset")
+    sweep["nfp_store"] = str(root / "nfp-store")
+    paths = {"sweep": root / "configs" / "sweep-transfer.yaml"}
+    _write_yaml(paths["sweep"], sweep)
+    for name, s in nfp_settings(build(TransferSweep, sweep, what="demo sweep"), sweep["nfp_store"]).items():
+        paths[f"nfp-{name}"] = root / "configs" / f"nfp-{name}.yaml"
+        _write_yaml(paths[f"nfp-{name}"], s.config.model_dump(mode="json"))
+    return paths
+
+
+def _write_yaml(path: Path, data: dict) -> None:
+    import yaml
+
+    text = yaml.safe_dump(data, sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        write_text_atomic(path, text)
+
+
+def stages(out: Path, tiny: bool, configs: dict[str, Path]) -> list[Stage]:
     """The demo's stages in order. `tiny` is the test profile: the same commands on smaller configs."""
     p = "tiny" if tiny else "demo"
     o = str(out)
+    nfp = [Stage(f"nfp-{name[4:]}", f"NFP pretraining ({name[4:]}, Ray Train)",
+                 ("nfp", "pretrain", "--config", str(path), "--quiet"),
+                 str(Path(out.absolute() / "nfp-store").relative_to(out.absolute())))
+           for name, path in configs.items() if name.startswith("nfp-")]  # fmt: skip
     return [
         Stage("waves", "Wave sweep on Ray actors", ("waves", "generate", "--config", example(f"sweep-{p}.yaml"),
               "--out", f"{o}/rw-dataset", "--quiet"), "rw-dataset/simulations"),  # fmt: skip
+        Stage("card", "Dataset card", ("data", "describe", f"{o}/rw-dataset"), "rw-dataset/card"),
         Stage("triplets", "Triplet index for next-frame prediction",
               ("data", "triplets", f"{o}/rw-dataset", "--config", example(f"triplets-{p}.yaml")),
               "rw-dataset/triplets"),
-        Stage("card", "Dataset card", ("data", "describe", f"{o}/rw-dataset"), "rw-dataset/card"),
+        *nfp,
+        Stage("transfer", "Transfer sweep (Ray Tune over `ofe train`)",
+              ("sweep", "transfer", "--config", str(configs["sweep"]), "--out", f"{o}/sweep", "--no-report"),
+              "sweep/none"),
+        Stage("report", "Sweep report: does retinal-wave pre-training help?",
+              ("sweep", "analyze", f"{o}/sweep", "--out", f"{o}/sweep/report"), "sweep/report",
+              links=("sweep/report/report.html", "sweep/report/report.md")),
+        Stage("fly-train", "Fly-network ensemble (Ray Train, models per pass)",
+              ("fly", "ensemble", "train", "--name", "demo/0000", "--config", example(f"fly-ensemble-{p}.yaml"),
+               "--models", "4", "--workers", "2", "--models-per-pass", "2", "--root", f"{o}/fly"), "fly/none"),
+        Stage("fly-view", "Ensemble view: task error, direction selectivity",
+              ("fly", "ensemble", "view", "demo/0000", "--root", f"{o}/fly", "--out", f"{o}/fly-view"),
+              "fly-view"),
     ]
 
 
@@ -84,8 +130,8 @@ def run_stage(out: Path, stage: Stage) -> float:
 
 def run_demo(out: Path, tiny: bool = False, say: Callable[[str], None] = print) -> Path:
     """Run every stage not yet done, then write and return OUT/index.html."""
-    plan = stages(out, tiny)
     out.mkdir(parents=True, exist_ok=True)
+    plan = stages(out, tiny, write_configs(out, tiny))
     for i, stage in enumerate(plan, 1):
         head = f"[{i}/{len(plan)}] {stage.title}"
         if is_done(out, stage):

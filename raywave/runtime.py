@@ -40,12 +40,7 @@ def ray_session(
             kwargs["num_gpus"] = num_gpus
         if object_store_mb:
             kwargs["object_store_memory"] = object_store_mb * 2**20
-    try:
-        ray.init(**kwargs)
-    except ConnectionError as exc:
-        raise RaywaveError(
-            f"cannot reach the Ray cluster at {address!r} ({exc}); check --address or RAY_ADDRESS"
-        ) from None
+    _init(ray, kwargs, address)
     try:
         if quiet:
             from ray.data import DataContext
@@ -54,3 +49,24 @@ def ray_session(
         yield ray.cluster_resources()
     finally:
         ray.shutdown()
+
+
+def _init(ray, kwargs: dict, address: str | None, attempts: int = 2) -> None:
+    """ray.init, once more if a local start times out (a raylet that misses Ray's 30 s registration window on an
+    overloaded machine); any failure is one line. ray.init raises plain Exceptions for a node start timeout."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except ConnectionError as exc:
+            raise RaywaveError(
+                f"cannot reach the Ray cluster at {address!r} ({exc}); check --address or RAY_ADDRESS"
+            ) from None
+        except Exception as exc:  # noqa: BLE001
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if address or attempt == attempts:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                where = f"at {address!r}" if address else "(the embedded local Ray)"
+                raise RaywaveError(f"Ray did not start {where}: {first}; nothing was written, re-run the command "
+                                   "(on a busy machine, once the load is lower)") from None

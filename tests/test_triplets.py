@@ -263,3 +263,17 @@ def test_cli_triplets_and_describe(tmp_path, cli):
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert res.returncode == 2 and len(lines) == 1 and "corrupt" in lines[0], res.stderr
     assert not (Path(root) / "triplets" / "x").exists()
+
+
+def test_validation_split_is_never_empty_and_order_free():
+    from raywave.data.triplets import val_simulations
+
+    ids = [f"sim-{i:016x}" for i in range(7)]
+    for n in range(2, 8):
+        for fraction in (0.01, 0.25, 0.5, 0.99):
+            val = val_simulations(ids[:n], fraction)
+            assert 1 <= len(val) <= n - 1
+            assert len(val) == min(max(round(fraction * n), 1), n - 1)
+            assert val == val_simulations(list(reversed(ids[:n])), fraction)
+    assert val_simulations(ids, 0.0) == set()
+    assert val_simulations(ids[:1], 0.5) == set()

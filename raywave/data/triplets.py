@@ -195,8 +195,14 @@ def normalisers(sims: list[Simulation], norm: Normalization) -> dict[str, dict[s
     return out
 
 
-def _is_val(sim_id: str, fraction: float) -> bool:
-    return fraction > 0 and (zlib.crc32(sim_id.encode()) % 10_000) / 10_000 < fraction
+def val_simulations(sim_ids: list[str], fraction: float) -> set[str]:
+    """The simulations held out for validation: round(fraction * n) of them, at least one and at most n - 1
+    when fraction > 0 and there are two or more (so neither split is ever empty), chosen by a hash of their ids
+    (the same simulations give the same split whatever order they are listed in)."""
+    if fraction <= 0 or len(sim_ids) < 2:
+        return set()
+    n_val = min(max(round(fraction * len(sim_ids)), 1), len(sim_ids) - 1)
+    return set(sorted(sim_ids, key=lambda s: (zlib.crc32(s.encode()), s))[:n_val])
 
 
 # --- the index on storage -------------------------------------------------------------------------------------
@@ -228,6 +234,7 @@ def build_index(dataset: str | Location, cfg: TripletConfig, name: str = "defaul
     norms = normalisers(sims, cfg.normalization)
     cols: dict[str, list] = {"sim_index": [], "t0": [], "step": [], "dt_s": [], "val": []}
     per_sim = []
+    held_out = val_simulations([s.sim_id for s in sims], cfg.val_fraction)
     for i, sim in enumerate(sims):
         keep = keep_mask(sim.calcium(), cfg.activity)
         n_sim = 0
@@ -238,9 +245,9 @@ def build_index(dataset: str | Location, cfg: TripletConfig, name: str = "defaul
             cols["t0"].append(starts.astype(np.int32))
             cols["step"].append(np.full(len(starts), k, np.int32))
             cols["dt_s"].append(np.full(len(starts), dt))
-            cols["val"].append(np.full(len(starts), _is_val(sim.sim_id, cfg.val_fraction)))
+            cols["val"].append(np.full(len(starts), sim.sim_id in held_out))
             n_sim += len(starts)
-        val = _is_val(sim.sim_id, cfg.val_fraction)
+        val = sim.sim_id in held_out
         per_sim.append({"sim_id": sim.sim_id, "frames": sim.n_frames, "frames_kept": int(keep.sum()),
                         "triplets": n_sim, "val": val, **norms[sim.sim_id]})  # fmt: skip
         if progress:
