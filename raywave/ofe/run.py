@@ -89,10 +89,11 @@ def train_run(cfg: OFETrainConfig, quiet: bool = False, log: Callable[[str], Non
                   extra={"options": cfg.model_dump(mode="json"), "transfer": transfer,
                          "nfp_checkpoint": nfp_path})  # fmt: skip
         log(f"transfer {report.summary()}")
-        if report.frozen:
-            log(f"  frozen: {', '.join(report.frozen[:8])}{' ...' if len(report.frozen) > 8 else ''}")
-        if report.bn_eval:
-            log(f"  BatchNorm held in eval: {', '.join(report.bn_eval[:8])}{' ...' if len(report.bn_eval) > 8 else ''}")
+        for what, names in (("copied", report.copied), ("frozen", report.frozen),
+                            ("BatchNorm held in eval", report.bn_eval)):  # fmt: skip
+            if names:
+                more = f" ... (all {len(names)} in run.json)" if len(names) > 8 else ""
+                log(f"  {what}: {', '.join(names[:8])}{more}")
         task_config = {"ofe": cfg.model_dump(mode="json"), "roots": roots, "nfp": nfp_path}
         update = stack.enter_context(train_progress(total, quiet))
         try:
