@@ -99,6 +99,12 @@ def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path, chairs):
     again = train_run(tiny_config(part, chairs), quiet=True)
     assert again["status"] == "complete" and len(again["attempts"]) == len(rec["attempts"])
     assert read_metrics(part) == b
+    from raywave.ofe.evaluate import load_raft  # `ofe evaluate -k RUN`: the run's best checkpoint, its variant
+
+    best_dir = json.loads((part / "checkpoints" / "best.json").read_text())["dir"]
+    best = torch.load(part / "checkpoints" / best_dir / "model.pt", weights_only=False)["model"]
+    model = load_raft(part, "basic")
+    assert model.variant == "small" and all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
 
 
 def nfp_checkpoint(path: Path, variant: str) -> Path:
