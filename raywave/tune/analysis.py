@@ -156,7 +156,7 @@ def about(sweep: Sweep, d: Design, stage: Any) -> dict[str, Any]:
     for t in sweep.trials:
         status["stopped_early" if t.stopped_early else t.status] += 1
     codes = {json_key(t.run.get("code")) for t in sweep.trials if t.run.get("code")}
-    data = {json_key(t.run.get("data")) for t in sweep.trials if t.run.get("data")}
+    data = {json_key(_without_roots(t.run.get("data"))) for t in sweep.trials if t.run.get("data")}
     trial_s = sum(w for t in sweep.trials if not math.isnan(w := _wall(t)))
     nfp_s = sum(float(v.get("wall_s") or 0) for v in (sweep.info.get("nfp") or {}).values())
     return {"kind": d.kind, "name": sweep.info.get("name", sweep.root.name),
@@ -171,6 +171,13 @@ def about(sweep: Sweep, d: Design, stage: Any) -> dict[str, Any]:
             "seeds": sorted({t.params.get("seed") for t in sweep.trials}, key=str),
             "compute_s": {"trials": trial_s, "nfp": nfp_s, "total": trial_s + nfp_s},
             "metric": d.metric, "stage": stage, "config": sweep.config_text}  # fmt: skip
+
+
+def _without_roots(obj: Any) -> Any:
+    """A run's data identity without the per-run paths of data written into each run (synthetic flow)."""
+    if isinstance(obj, dict):
+        return {k: _without_roots(v) for k, v in obj.items() if not (k == "root" and obj.get("synthetic"))}
+    return obj
 
 
 def json_key(obj: Any) -> str:
