@@ -17,19 +17,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## The main job on the embedded default: simulate a small lattice, then its statistics and pictures;
-## then a sweep on the embedded Ray into a parquet dataset, its triplets and its dataset card;
-## then the fly connectome (fetched once from the flyvis wheel) and the network's response to a moving edge.
+## The main job on the embedded default: the whole pipeline at small scale (`raywave demo`), each stage the
+## real command: a wave sweep on Ray actors -> dataset card -> triplets -> NFP pretraining (Ray Train) ->
+## transfer sweep (Ray Tune) -> report; a 4-model fly ensemble -> its view. Re-run to resume.
 run: setup
-	$(BIN)/raywave waves simulate --config examples/waves-small.yaml --out runs/waves-small
-	$(BIN)/raywave waves analyze runs/waves-small
-	$(BIN)/raywave waves snapshot runs/waves-small
-	$(BIN)/raywave waves movie runs/waves-small
-	$(BIN)/raywave waves generate --config examples/sweep-small.yaml --out runs/rw-dataset
-	$(BIN)/raywave data triplets runs/rw-dataset --config examples/triplets.yaml
-	$(BIN)/raywave data describe runs/rw-dataset
-	$(BIN)/raywave fly connectome
-	$(BIN)/raywave fly simulate --out runs/fly-edge
+	$(BIN)/raywave demo --out runs/demo
 
 test: setup
 	$(BIN)/ruff check raywave tests
