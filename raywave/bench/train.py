@@ -38,19 +38,14 @@ def blob_movie(n: int, side: int, vx: float, vy: float, seed: int) -> np.ndarray
 
 def blob_dataset(root: str | Path, side: int = 16, frames: int = 24, sims: int = 4, ppc: int = 2,
                  val_fraction: float = 0.3, name: str = "default") -> str:  # fmt: skip
-    """A wave-like dataset of moving-blob movies (exactly one validation simulation) and its triplet index."""
+    """A wave-like dataset of moving-blob movies and its triplet index (round(val_fraction * sims) validation
+    simulations, at least one and at most sims - 1: raywave.data.triplets.val_simulations)."""
     from raywave.data.generate import import_movie
-    from raywave.data.triplets import TripletConfig, _is_val, build_index
+    from raywave.data.triplets import TripletConfig, build_index
     from raywave.storage import resolve
 
     loc = resolve(str(root))
-    ids, k = [], 0
-    while len(ids) < sims:
-        sim_id, k = f"sim-{k:04d}", k + 1
-        n_val, is_val = sum(_is_val(s, val_fraction) for s in ids), _is_val(sim_id, val_fraction)
-        if (is_val and n_val >= 1) or (not is_val and len(ids) - n_val >= sims - 1):
-            continue
-        ids.append(sim_id)
+    ids = [f"sim-{k:04d}" for k in range(sims)]
     for i, sim_id in enumerate(ids):
         angle = 2 * np.pi * i / sims
         import_movie(loc, sim_id, blob_movie(frames, side, np.cos(angle), np.sin(angle), i), 0.1)
