@@ -90,6 +90,7 @@ def _simulate_locked(
     cfg: SimulationConfig, out: Path, overwrite: bool, progress: Callable[[int, int], None] | None
 ) -> RunStore:
     store = RunStore(out)
+    store.check_target(cfg, overwrite)  # a foreign or different run is refused before the backend is built
     backend = make_backend(cfg)
     man = store.start(cfg, backend=backend.name, overwrite=overwrite)
     chunks = plan_chunks(cfg)

@@ -90,20 +90,29 @@ class RunStore:
     def config(self) -> SimulationConfig:
         return load_model(SimulationConfig, self.root / CONFIG)
 
-    def start(self, cfg: SimulationConfig, backend: str, overwrite: bool = False) -> dict:
-        """Begin a new run or return the manifest of the matching one to resume."""
+    def check_target(self, cfg: SimulationConfig, overwrite: bool = False) -> dict | None:
+        """Refuse a directory that holds something else, before any work; the manifest of a run to resume."""
         if self.exists():
-            if not overwrite:
-                man = self.manifest()
-                if man.get("fingerprint") == cfg.fingerprint():
-                    return man
+            if overwrite:
+                return None
+            man = self.manifest()
+            if man.get("fingerprint") != cfg.fingerprint():
                 raise RaywaveError(
                     f"{str(self.root)!r} holds a run with a different configuration; "
                     "use another --out, or --overwrite to replace it"
                 )
-            self._clear()
-        elif self.root.exists() and self._foreign_entries():  # never delete what is not a raywave run
+            return man
+        if self.root.exists() and self._foreign_entries():  # never delete what is not a raywave run
             raise RaywaveError(f"{str(self.root)!r} exists and is not a raywave run; choose an empty --out")
+        return None
+
+    def start(self, cfg: SimulationConfig, backend: str, overwrite: bool = False) -> dict:
+        """Begin a new run or return the manifest of the matching one to resume."""
+        man = self.check_target(cfg, overwrite)
+        if man is not None:
+            return man
+        if self.exists():  # --overwrite
+            self._clear()
         self.root.mkdir(parents=True, exist_ok=True)
         save_model(cfg, self.root / CONFIG)
         variables = {}
