@@ -1,0 +1,52 @@
+"""`raywave demo --tiny`: every stage of the pipeline through the real commands, the index page, and resume."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from raywave.demo import run_demo, stages, write_configs
+from tests.conftest import ROOT
+
+
+def test_demo_plan_names_real_commands(tmp_path):
+    """Every stage's command parses with the real CLI (`--help` of its sub-command), and the NFP stage pretrains
+    exactly the setting the transfer sweep will look for (so the sweep reuses it instead of training again)."""
+    from raywave.config import build, load_yaml
+    from raywave.tune.spec import TransferSweep, nfp_settings
+
+    configs = write_configs(tmp_path, tiny=True)
+    plan = stages(tmp_path, True, configs)
+    assert [s.name for s in plan][:3] == ["waves", "card", "triplets"]
+    assert {"transfer", "report", "fly-train", "fly-view"} <= {s.name for s in plan}
+    sweep = load_yaml(configs["sweep"])
+    (setting,) = nfp_settings(build(TransferSweep, sweep), sweep["nfp_store"]).values()
+    assert load_yaml(configs["nfp-small-i4"]) == setting.config.model_dump(mode="json")
+    assert setting.config.dataset == str(tmp_path.absolute() / "rw-dataset")
+
+
+@pytest.mark.slow
+def test_tiny_demo_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "raywave", "demo", "--tiny", "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=3600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    index = out / "index.html"
+    assert str(index.resolve()) in first.stdout.replace("\n", "")
+    page = index.read_text()
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert images and all((out / src).is_file() for src in images)
+    assert (out / "sweep" / "report" / "report.html").is_file() and "sweep/report/report.html" in page
+    assert any("fly-view" in src for src in images)
+    for stage in stages(out, True, write_configs(out, True)):
+        assert json.loads((out / ".stages" / f"{stage.name}.json").read_text())["args"] == list(stage.args)
+    # the sweep reused the NFP run of the demo's NFP stage: one attempt, trained once
+    (nfp_run,) = (out / "nfp-store").iterdir()
+    assert len(json.loads((nfp_run / "run.json").read_text())["attempts"]) == 1
+    said: list[str] = []
+    run_demo(out, tiny=True, say=said.append)  # a finished demo runs nothing again
+    assert all("done earlier, skipped" in line for line in said)
