@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,12 +127,19 @@ def nfp_checkpoint(path: Path, variant: str) -> Path:
 @pytest.fixture(scope="module")
 def nfp_run(tmp_path_factory) -> Path:
     """An NFP run of RAFT basic's encoders made by `raywave nfp pretrain`'s own code (2 steps on wave triplets)."""
+    from raywave.bench.train import blob_movie
     from raywave.cli.nfp import load, pretrain_run
-    from tests.train_helpers import wave_dataset
+    from raywave.data.generate import import_movie
+    from raywave.data.triplets import TripletConfig, build_index
+    from raywave.storage import resolve
 
     root = tmp_path_factory.mktemp("nfp")
-    out = root / "run"
-    cfg = load(None, {"dataset": wave_dataset(root / "ds"), "out": str(out), "variant": "basic", "corr_levels": 2,
+    ds, out = root / "ds", root / "run"
+    for i in range(3):  # three moving-blob "wave" movies (the triplet index holds out at least one)
+        import_movie(resolve(str(ds)), f"sim-{i:04d}", blob_movie(24, 16, np.cos(2 * i), np.sin(2 * i), i), 0.1)
+    build_index(str(ds), TripletConfig.model_validate({"dt_s": [0.1], "activity": {"min_fraction": 0.0},
+                                                       "val_fraction": 0.3, "pixels_per_cell": 2}))  # fmt: skip
+    cfg = load(None, {"dataset": str(ds), "out": str(out), "variant": "basic", "corr_levels": 2,
                       "workers": 0, "steps": 2, "batch": 2, "val_every": 2, "checkpoint_every": 2,
                       "val_max": 2})  # fmt: skip
     rec, _ = pretrain_run(cfg, quiet=True)
