@@ -54,6 +54,9 @@ def ray_session(
 def _init(ray, kwargs: dict, address: str | None, attempts: int = 2) -> None:
     """ray.init, once more if a local start times out (a raylet that misses Ray's 30 s registration window on an
     overloaded machine); any failure is one line. ray.init raises plain Exceptions for a node start timeout."""
+    # Ray 2.60 turns token authentication on for a new local cluster and says so on stderr at every start; it
+    # stays on (never disabled here), the notice is dropped so that a command's errors stay one line.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     for attempt in range(1, attempts + 1):
         try:
             ray.init(**kwargs)
