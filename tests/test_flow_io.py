@@ -74,3 +74,15 @@ def test_sample_whose_flow_and_frames_differ_in_size():
     check_sample_shapes(good)
     with pytest.raises(RaywaveError, match=r"f2.png is 8x5 px but f.flo is 8x6"):
         check_sample_shapes(dict(good, img2=np.zeros((5, 8, 3))), {"img2": "f2.png", "flow": "f.flo"})
+
+
+def test_a_chairs_flow_of_another_size_is_one_line(tmp_path):
+    """FlyingChairs' loader checks every sample: a .flo whose size differs from its frames is named."""
+    from raywave.data.flow_datasets import FlyingChairs
+    from raywave.data.synthetic_flow import write_chairs
+
+    write_chairs(tmp_path, n_pairs=3, h=32, w=48, seed=0)
+    ds = FlyingChairs(tmp_path, split="train")
+    write_flo(ds.samples[0]["flow"], np.zeros((16, 48, 2), np.float32))
+    with pytest.raises(RaywaveError, match="px but"):
+        ds[0]

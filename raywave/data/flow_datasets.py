@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from raywave.data.flow_io import read_flo, read_image
+from raywave.data.flow_io import check_sample_shapes, read_flo, read_image
 from raywave.errors import RaywaveError
 
 CHAIRS_LAYOUT = "data/NNNNN_img1.ppm, data/NNNNN_img2.ppm, data/NNNNN_flow.flo and FlyingChairs_train_val.txt"
@@ -37,6 +37,7 @@ class FlowDataset:
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         item = self.read(self.samples[i])
+        check_sample_shapes(item, {k: str(v) for k, v in self.samples[i].items()})  # a .flo of another size
         if self.augmentor is not None:
             item = self.augmentor(item, index=i)
         return item
