@@ -81,7 +81,9 @@ def test_four_models_in_one_pass_equal_four_single_runs(small_flow, tmp_path, fl
         for key in ("network", "decoder"):
             for name, value in b[key].items():
                 torch.testing.assert_close(a[key][name], value, rtol=1e-5, atol=1e-9, msg=f"seed {s} {key}.{name}")
-        assert a["history"] == pytest.approx(b["history"], rel=1e-5)
+        assert [h["iteration"] for h in a["history"]] == [10, 20]
+        for ha, hb in zip(a["history"], b["history"], strict=True):
+            assert ha == pytest.approx(hb, rel=1e-5)
         starts.append(FlyNetwork(fly_connectome, s).v_rest.detach())
         moved = (a["network"]["v_rest"] - starts[-1].double()).abs().max()
         assert float(moved) > 1e-3  # the models trained
@@ -90,7 +92,7 @@ def test_four_models_in_one_pass_equal_four_single_runs(small_flow, tmp_path, fl
 
 def test_nan_in_one_model_stops_that_model_only(small_flow, tmp_path):
     seeds = [0, 1, 2]
-    cfgs = [_cfg(small_flow, s, iterations=6, checkpoint_every=3, dtype="float32") for s in seeds]
+    cfgs = [_cfg(small_flow, s, iterations=6, checkpoint_every=3) for s in seeds]  # float64
     outs = [tmp_path / f"{s:03d}" for s in seeds]
     records = train_models(cfgs, outs, faults={1: 4})
     assert records[1]["status"] == "diverged" and records[1]["diverged_at"] == 4
@@ -99,9 +101,9 @@ def test_nan_in_one_model_stops_that_model_only(small_flow, tmp_path):
     for j in (0, 2):
         assert "status" not in records[j]
         assert [h["iteration"] for h in json.loads((outs[j] / "history.json").read_text())] == [3, 6]
-    # the survivors are unaffected: model 2 alone ends where it did in the pass
+    # the survivors are unaffected: model 2 alone ends where it did in the pass (which shrank from 3 to 2)
     train_one(cfgs[2], tmp_path / "alone")
     a = read_checkpoint(outs[2] / "checkpoints" / "it-00000006.pt")
     b = read_checkpoint(tmp_path / "alone" / "checkpoints" / "it-00000006.pt")
     for name, value in b["network"].items():
-        torch.testing.assert_close(a["network"][name], value, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a["network"][name], value, rtol=1e-5, atol=1e-9)
