@@ -42,8 +42,9 @@ def example(name: str) -> str:
 
 def write_configs(out: Path, tiny: bool) -> dict[str, Path]:
     """The demo's resolved config files under OUT/configs, with OUT's paths filled in (the templates in
-    examples/ name runs/...). Returns {name: path}: `sweep` and one `nfp-<setting>` per NFP setting of the sweep,
-    each the exact config the sweep would pretrain, so the sweep finds those runs complete and reuses them."""
+    examples/ name runs/...). Returns {name: path}: `sweep`, and per NFP setting of the sweep `nfp-<setting>`
+    (the exact config the sweep would pretrain, so the sweep finds that run complete and reuses it) and
+    `run-nfp-<setting>` (the run directory it trains)."""
     from raywave.config import build, load_yaml
     from raywave.tune.spec import TransferSweep, nfp_settings
 
@@ -57,6 +58,7 @@ def write_configs(out: Path, tiny: bool) -> dict[str, Path]:
     _write_yaml(paths["sweep"], sweep)
     for name, s in nfp_settings(build(TransferSweep, sweep, what="demo sweep"), sweep["nfp_store"]).items():
         paths[f"nfp-{name}"] = root / "configs" / f"nfp-{name}.yaml"
+        paths[f"run-nfp-{name}"] = Path(s.run)
         _write_yaml(paths[f"nfp-{name}"], s.config.model_dump(mode="json"))
     return paths
 
@@ -73,21 +75,27 @@ def stages(out: Path, tiny: bool, configs: dict[str, Path]) -> list[Stage]:
     """The demo's stages in order. `tiny` is the test profile: the same commands on smaller configs."""
     p = "tiny" if tiny else "demo"
     o = str(out)
-    nfp = [Stage(f"nfp-{name[4:]}", f"NFP pretraining ({name[4:]}, Ray Train)",
-                 ("nfp", "pretrain", "--config", str(path), "--quiet"),
-                 str(Path(out.absolute() / "nfp-store").relative_to(out.absolute())))
-           for name, path in configs.items() if name.startswith("nfp-")]  # fmt: skip
+    nfp: list[Stage] = []
+    for name, path in configs.items():
+        if name.startswith("nfp-"):
+            setting, run = name[4:], configs[f"run-{name}"]
+            rel = str(run.relative_to(out.absolute()))
+            nfp += [Stage(f"nfp-{setting}", f"NFP pretraining ({setting}, Ray Train)",
+                          ("nfp", "pretrain", "--config", str(path), "--quiet"), f"{rel}/checkpoints"),
+                    Stage(f"nfp-{setting}-show", f"NFP run ({setting}): summary and learning curve",
+                          ("runs", "show", str(run)), rel)]  # fmt: skip
     return [
         Stage("waves", "Wave sweep on Ray actors", ("waves", "generate", "--config", example(f"sweep-{p}.yaml"),
               "--out", f"{o}/rw-dataset", "--quiet"), "rw-dataset/simulations"),  # fmt: skip
-        Stage("card", "Dataset card", ("data", "describe", f"{o}/rw-dataset"), "rw-dataset/card"),
         Stage("triplets", "Triplet index for next-frame prediction",
               ("data", "triplets", f"{o}/rw-dataset", "--config", example(f"triplets-{p}.yaml")),
               "rw-dataset/triplets"),
+        Stage("card", "Dataset card (with example triplets)", ("data", "describe", f"{o}/rw-dataset"),
+              "rw-dataset/card"),
         *nfp,
         Stage("transfer", "Transfer sweep (Ray Tune over `ofe train`)",
               ("sweep", "transfer", "--config", str(configs["sweep"]), "--out", f"{o}/sweep", "--no-report"),
-              "sweep/none"),
+              "sweep/trials/none"),
         Stage("report", "Sweep report: does retinal-wave pre-training help?",
               ("sweep", "analyze", f"{o}/sweep", "--out", f"{o}/sweep/report"), "sweep/report",
               links=("sweep/report/report.html", "sweep/report/report.md")),

@@ -21,7 +21,7 @@ def test_demo_plan_names_real_commands(tmp_path):
 
     configs = write_configs(tmp_path, tiny=True)
     plan = stages(tmp_path, True, configs)
-    assert [s.name for s in plan][:3] == ["waves", "card", "triplets"]
+    assert [s.name for s in plan][:3] == ["waves", "triplets", "card"]
     assert {"transfer", "report", "fly-train", "fly-view"} <= {s.name for s in plan}
     sweep = load_yaml(configs["sweep"])
     (setting,) = nfp_settings(build(TransferSweep, sweep), sweep["nfp_store"]).values()
