@@ -119,3 +119,31 @@ def test_efficiency_first_step_reaching_each_target():
     assert eff[0.9]["step"] == 3 and eff[0.5]["step"] is None
     s = summary(rows, "val_ratio", {"val_ratio": [0.9]})
     assert s["best"]["step"] == 3 and s["final"]["step"] == 4 and s["steps"] == 4
+
+
+def test_a_crafted_pickle_as_a_training_checkpoint_does_not_run(tmp_path):
+    """Checkpoints are read with weights_only=True: a pickle that would run code is refused, not executed."""
+    import pickle
+
+    import torch
+
+    from raywave.train.checkpoints import read_checkpoint_dir
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    for name in ("model.pt", "train_state.pt"):
+        with open(d / name, "wb") as f:
+            pickle.dump({"model": Evil()}, f)
+    with pytest.raises(pickle.UnpicklingError):
+        read_checkpoint_dir(d)
+    assert not marker.exists()
+    torch.save({"model": {"w": torch.zeros(2)}}, d / "model.pt")
+    torch.save({"state": {"step": 3, "history": [{"val": 1.0}]}, "optimizer": {}}, d / "train_state.pt")
+    model, state = read_checkpoint_dir(d)
+    assert state["state"]["step"] == 3 and model["model"]["w"].shape == (2,)

@@ -47,7 +47,7 @@ def _to_bytes(obj: Any) -> bytes:
 
 
 def _from_bytes(data: bytes) -> Any:
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def write_checkpoint_dir(directory: str | Path, model_obj: dict, train_state: dict) -> None:
@@ -60,8 +60,8 @@ def write_checkpoint_dir(directory: str | Path, model_obj: dict, train_state: di
 
 def read_checkpoint_dir(directory: str | Path) -> tuple[dict, dict]:
     d = Path(directory)
-    return (torch.load(d / MODEL, map_location="cpu", weights_only=False),
-            torch.load(d / TRAIN_STATE, map_location="cpu", weights_only=False))  # fmt: skip
+    return (torch.load(d / MODEL, map_location="cpu", weights_only=True),
+            torch.load(d / TRAIN_STATE, map_location="cpu", weights_only=True))  # fmt: skip
 
 
 class RunCheckpoints:
