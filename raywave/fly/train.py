@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from raywave.config import StrictModel, build, load_yaml
+from raywave.config import StrictModel
+from raywave.config import load_config as load_config_file
 from raywave.errors import RaywaveError
 from raywave.fly import connectome as fly_connectome
 from raywave.fly.augment import AugmentConfig
@@ -87,9 +88,8 @@ class FlyTrainConfig(StrictModel):
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> FlyTrainConfig:
-    data = load_yaml(path) if path else {}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return build(FlyTrainConfig, data, "fly train config")
+    """The fly training config through the project's one config loader (one-line errors)."""
+    return load_config_file(FlyTrainConfig, path, overrides, what="fly train config")
 
 
 def learning_rate(cfg: FlyTrainConfig, it: int) -> float:
