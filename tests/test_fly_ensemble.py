@@ -66,6 +66,7 @@ def test_ensemble_member_equals_single_network(fly_connectome):
             torch.testing.assert_close(p2.grad[j * rows : (j + 1) * rows], p1.grad, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.slow  # minutes on 2 CPUs: `make test-slow`
 def test_four_models_in_one_pass_equal_four_single_runs(small_flow, tmp_path, fly_connectome):
     """Acceptance: K = 4 models for 20 iterations (augmentations, dropout, activity penalty, lr step, a
     checkpoint in between) end with each model's parameters equal to train_one's with the same seed."""
@@ -90,6 +91,7 @@ def test_four_models_in_one_pass_equal_four_single_runs(small_flow, tmp_path, fl
     assert not torch.equal(starts[0], starts[1])  # and started from different parameters
 
 
+@pytest.mark.slow  # minutes on 2 CPUs: `make test-slow`
 def test_nan_in_one_model_stops_that_model_only(small_flow, tmp_path):
     seeds = [0, 1, 2]
     cfgs = [_cfg(small_flow, s, iterations=6, checkpoint_every=3) for s in seeds]  # float64

@@ -55,6 +55,7 @@ def _cfg(toy, **kw) -> FlyTrainConfig:
     return FlyTrainConfig(**{**base, **kw})
 
 
+@pytest.mark.slow  # minutes on 2 CPUs: `make test-slow`
 def test_ensemble_trains_validates_and_views(toy, tmp_path, ray_local):
     """4 models, 2 workers x 2 per pass; model 3 gets a NaN at iteration 3: it alone stops, named everywhere."""
     cfg = _cfg(toy)

@@ -66,6 +66,7 @@ def _kill_rank0_once(run: Path, after_step: int, killed: list) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # minutes on 2 CPUs: `make test-slow`
 def test_worker_sigkill_restarts_from_last_checkpoint(ray_local, dataset, tmp_path):
     from raywave.cli.nfp import PretrainConfig, pretrain_run
 
