@@ -11,10 +11,9 @@ the ratio is against K = 1 measured in the same run.
 from __future__ import annotations
 
 import multiprocessing as mp
-import resource
 import time
 
-from raywave.bench.machine import machine_info
+from raywave.bench.machine import machine_info, time_best
 
 
 def _measure(k: int, device: str, batch: int, steps: int, repeats: int, queue) -> None:
@@ -43,22 +42,7 @@ def _measure(k: int, device: str, batch: int, steps: int, repeats: int, queue) -
         opt.step()
         ens.clamp_()
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    step()
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
+    _, best, peak = time_best(step, dev, repeats)
     queue.put({"seconds": best, "peak_memory_mib": peak})
 
 

@@ -10,12 +10,11 @@ memory is its own. The voltages and gradients of the two are compared in the sam
 from __future__ import annotations
 
 import multiprocessing as mp
-import resource
 import time
 
 import numpy as np
 
-from raywave.bench.machine import machine_info
+from raywave.bench.machine import machine_info, time_best
 
 #: flyvis 1.2.0 on a 2-core machine of this kind (2 threads, batch 4 x 40 steps, dt 1/50), measured side by side
 #: with raywave in alternating fresh processes (design notes, 2026-12-01); not measured by this benchmark, and
@@ -81,22 +80,7 @@ def _measure(impl: str, mode: str, device: str, batch: int, steps: int, repeats:
         loss.backward()
         return v.detach()
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    v = step()
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
+    v, best, peak = time_best(step, dev, repeats)
     grads = [p.grad.double().cpu().numpy() for p in net.parameters()] if mode == "forward_backward" else []
     queue.put({"seconds": best, "peak_memory_mib": peak, "voltages": v[:, -1].double().cpu().numpy(), "grads": grads})
 

@@ -22,3 +22,31 @@ def machine_info() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
     }
+
+
+def time_best(step, device, repeats: int):
+    """Run `step` once to warm up, then `repeats` times: (the warm-up's result, the fastest seconds, peak memory in
+    MiB: CUDA's allocator peak after the warm-up, or the process's max RSS on the CPU). CUDA is synchronised
+    around every timed call."""
+    import resource
+    import time
+
+    import torch
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    first = step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
+    return first, best, peak
