@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from raywave.data.synthetic_flow import write_chairs
 from raywave.ofe.config import load_config
@@ -31,19 +30,6 @@ def chairs(tmp_path_factory) -> Path:
     return write_chairs(tmp_path_factory.mktemp("chairs"), n_pairs=6, h=128, w=160, val_every=3)
 
 
-def _gradients(task, batches) -> dict[str, torch.Tensor]:
-    """The mean of the loss gradients over `batches` (each a mean over its samples), in this process."""
-    model = task.build_model("cpu").train()
-    total: dict[str, torch.Tensor] = {}
-    for batch in batches:
-        model.zero_grad()
-        loss, _ = task.train_step(model, batch, None)
-        loss.backward()
-        for k, p in model.named_parameters():
-            total[k] = total.get(k, 0) + p.grad / len(batches)
-    return total
-
-
 def test_ddp_one_step_is_exact_for_raft_small(ray_local, tmp_path, chairs):
     """One AdamW step on 2 workers (half a batch each) against one process on the whole batch.
 
@@ -52,7 +38,7 @@ def test_ddp_one_step_is_exact_for_raft_small(ray_local, tmp_path, chairs):
     gradients differ by as much as the gradient itself, in one process already) may step either way. So: every
     element with a clear gradient agrees to 1e-5, and the others differ by at most one step each way."""
     from raywave.train.checkpoints import RunCheckpoints
-    from raywave.train.exactness import compare_one_step
+    from raywave.train.exactness import compare_one_step, gradients
 
     cfg = load_config(None, {"variant": "small", "workers": 2, "stages": [tiny_stage(steps=1, batch=2, iters=3)]})
     task_config = {"ofe": cfg.model_dump(mode="json"), "roots": {"chairs": str(chairs)}, "nfp": None}
@@ -61,8 +47,8 @@ def test_ddp_one_step_is_exact_for_raft_small(ray_local, tmp_path, chairs):
     single = RunCheckpoints(str(tmp_path / "single")).load()[0]["model"]
     ddp = RunCheckpoints(str(tmp_path / "ddp")).load()[0]["model"]
     task = OFETask(task_config)
-    full = _gradients(task, [next(task.batches(0, 0, 0, 1))])
-    halves = _gradients(task, [next(task.batches(0, 0, rank, 2)) for rank in (0, 1)])
+    full = gradients(task, [next(task.batches(0, 0, 0, 1))])
+    halves = gradients(task, [next(task.batches(0, 0, rank, 2)) for rank in (0, 1)])
     lr0 = cfg.stages[0].lr / 25  # OneCycleLR's first learning rate (div_factor 25)
     clear_elements = 0
     for k, g in full.items():
