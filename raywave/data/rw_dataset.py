@@ -134,8 +134,8 @@ class Simulation:
             raise RaywaveError(f"{self.loc.uri}/{self.manifest['frames']['file']} is missing; {fix}")
         if expected is not None and info.size != expected:
             raise RaywaveError(
-                f"{self.loc.uri}/{self.manifest['frames']['file']} has {info.size} bytes, its manifest says "
-                f"{expected}; {fix}"
+                f"{self.loc.uri}/{self.manifest['frames']['file']} is truncated or corrupt: {info.size} bytes, its "
+                f"manifest says {expected}; {fix}"
             )
 
     def stored(self) -> np.ndarray:
