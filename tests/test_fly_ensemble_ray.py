@@ -16,10 +16,10 @@ import torch
 
 from raywave.data.synthetic_flow import write_sintel
 from raywave.errors import RaywaveError
-from raywave.fly import ensemble_ray
 from raywave.fly import ensemble_run as er
 from raywave.fly.ensemble_view import view
 from raywave.fly.train import FlyTrainConfig, read_checkpoint
+from raywave.train import fly_ensemble
 
 from .conftest import run_cli
 
@@ -59,7 +59,7 @@ def _cfg(toy, **kw) -> FlyTrainConfig:
 def test_ensemble_trains_validates_and_views(toy, tmp_path, ray_local):
     """4 models, 2 workers x 2 per pass; model 3 gets a NaN at iteration 3: it alone stops, named everywhere."""
     cfg = _cfg(toy)
-    summary = ensemble_ray.train(cfg, tmp_path, "flow/0000", 4, 2, 2, faults={3: 3})
+    summary = fly_ensemble.train(cfg, tmp_path, "flow/0000", 4, 2, 2, faults={3: 3})
     edir = tmp_path / "flow" / "0000"
     status = {r["model"]: r for r in summary["status"]}
     assert status["003"]["status"] == "diverged" and status["003"]["diverged_at"] == 3
@@ -72,7 +72,7 @@ def test_ensemble_trains_validates_and_views(toy, tmp_path, ray_local):
         assert read_checkpoint(d / "checkpoints" / "it-00000004.pt")["config"]["seed"] == int(m)
     on_disk = json.loads((edir / "ensemble.json").read_text())
     assert {r["model"]: r["status"] for r in on_disk["status"]}["003"] == "diverged"
-    rows = ensemble_ray.validate(tmp_path, "flow/0000")
+    rows = fly_ensemble.validate(tmp_path, "flow/0000")
     epes = [r["best_val_epe"] for r in rows if r["status"] == "done"]
     assert len(epes) == 3 and epes == sorted(epes)
     val = json.loads((edir / "000" / "validation.json").read_text())
@@ -85,14 +85,14 @@ def test_ensemble_trains_validates_and_views(toy, tmp_path, ray_local):
     assert "diverged" in table and len(table.strip().splitlines()) == 5
     assert len((edir / "view" / "dsi.csv").read_text().strip().splitlines()) == 1 + 8 * 3
     # the same command again: nothing to train, the summary is unchanged
-    again = ensemble_ray.train(cfg, tmp_path, "flow/0000", 4, 2, 2)
+    again = fly_ensemble.train(cfg, tmp_path, "flow/0000", 4, 2, 2)
     assert [r["status"] for r in again["status"]] == ["done", "done", "done", "diverged"]
     assert [h["iteration"] for h in json.loads((edir / "000" / "history.json").read_text())] == [2, 4]
     # bad input, each one line before anything is written
     with pytest.raises(RaywaveError, match="different config"):
-        ensemble_ray.train(_cfg(toy, iterations=6), tmp_path, "flow/0000", 4, 2, 2)
+        fly_ensemble.train(_cfg(toy, iterations=6), tmp_path, "flow/0000", 4, 2, 2)
     with pytest.raises(RaywaveError, match="CPUs"):
-        ensemble_ray.train(cfg, tmp_path, "flow/0001", 4, 3, 1)
+        fly_ensemble.train(cfg, tmp_path, "flow/0001", 4, 3, 1)
     assert not (tmp_path / "flow" / "0001").exists()
     with pytest.raises(RaywaveError, match="unknown cell type"):
         view(tmp_path, "flow/0000", out=tmp_path / "v2", cell_types=["T4z"])
@@ -162,10 +162,10 @@ def test_killed_worker_resumes_to_the_uninterrupted_result(toy, tmp_path, ray_lo
 
     t = threading.Thread(target=killer)
     t.start()
-    ensemble_ray.train(cfg, tmp_path / "killed", "e", 4, 2, 2, max_failures=2, pid_dir=str(pids))
+    fly_ensemble.train(cfg, tmp_path / "killed", "e", 4, 2, 2, max_failures=2, pid_dir=str(pids))
     t.join()
     assert killed and len(list(pids.glob("rank-0-*"))) == 2  # rank 0 ran twice: killed, then restarted
-    ensemble_ray.train(cfg, tmp_path / "straight", "e", 4, 2, 2)
+    fly_ensemble.train(cfg, tmp_path / "straight", "e", 4, 2, 2)
     for m in ("000", "001", "002", "003"):
         a, b = (tmp_path / r / "e" / m for r in ("killed", "straight"))
         assert [h["iteration"] for h in json.loads((a / "history.json").read_text())] == [2, 4, 6]

@@ -17,9 +17,9 @@ import pytest
 
 from raywave.data.synthetic_flow import write_chairs
 from raywave.ofe.config import load_config
-from raywave.ofe.run import train_run
 from raywave.ofe.train import OFETask
 from raywave.train.metrics import read_metrics
+from raywave.train.ofe_run import train_run
 
 from .conftest import ROOT
 from .test_ofe_train import tiny_config, tiny_stage

@@ -17,8 +17,8 @@ from raywave.models.nfp import NFP
 from raywave.models.transfer import STRATEGIES
 from raywave.ofe.config import PRESETS, load_config
 from raywave.ofe.data import StageBatches, fraction_subset, stage_datasets
-from raywave.ofe.run import train_run
 from raywave.train.metrics import read_metrics
+from raywave.train.ofe_run import train_run
 
 TINY = {"pairs": 6, "height": 128, "width": 160, "val_every": 3}
 

@@ -40,11 +40,11 @@ def train(
     address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or an embedded Ray)"),
 ) -> None:
     """Train (or resume: re-run the same command) an ensemble; finished models train nothing."""
-    from raywave.fly import ensemble_ray
     from raywave.fly.train import load_config
+    from raywave.train import fly_ensemble
 
     cfg = load_config(str(config) if config else None, {})
-    summary = ensemble_ray.train(cfg, root, name, models, workers, per_pass, gpus_per_worker, restart_diverged,
+    summary = fly_ensemble.train(cfg, root, name, models, workers, per_pass, gpus_per_worker, restart_diverged,
                                  max_failures, address)  # fmt: skip
     console.print(_table(summary["status"], f"ensemble {name}"))
     diverged = [r["model"] for r in summary["status"] if r["status"] == "diverged"]
@@ -59,9 +59,9 @@ def validate(
     address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or an embedded Ray)"),
 ) -> None:
     """Validation EPE of every checkpoint of every model (Ray tasks); best checkpoint per model; sorted table."""
-    from raywave.fly import ensemble_ray
+    from raywave.train import fly_ensemble
 
-    rows = ensemble_ray.validate(root, name, address)
+    rows = fly_ensemble.validate(root, name, address)
     console.print(_table(rows, f"ensemble {name}, sorted by task error"))
 
 

@@ -117,7 +117,7 @@ def train(
 ) -> None:
     """Train RAFT in stages (chairs -> sintel) under a transfer strategy; resumable, on Ray Train."""
     overrides = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
-    from raywave.ofe.run import load, train_run
+    from raywave.train.ofe_run import load, train_run
 
     if target_epe is not None:
         overrides["target_epe"] = _floats(target_epe, "--target-epe")

@@ -3,7 +3,7 @@
 `run_transfer(sweep_file, out, address)`: check the sweep file and the cluster (one line, exit 2, nothing
 written), pretrain every `nfp:` setting once (named by fingerprint in the NFP store; a complete run is reused),
 write one `trials/<key>/params.json` per trial, then one Tune trial per OFE training run. A trial runs
-`raywave.ofe.run.train_run` (the code path of `raywave ofe train`) into `trials/<key>/run` and reports every new
+`raywave.train.ofe_run.train_run` (the code path of `raywave ofe train`) into `trials/<key>/run` and reports every new
 validation row of its metrics to Tune (for ASHA on `val_epe`, time = step). A re-run of the same command
 restores the Tune experiment (`Tuner.can_restore` / `Tuner.restore`): finished trials stay finished, unfinished
 ones continue from their run's last checkpoint. `run_nfp` is the same over `raywave nfp pretrain` runs.
@@ -49,7 +49,7 @@ def _train_target(kind: str, config: dict, out: str):
     if kind == "transfer":
         from raywave.config import build
         from raywave.ofe.config import OFETrainConfig
-        from raywave.ofe.run import train_run
+        from raywave.train.ofe_run import train_run
 
         cfg = build(OFETrainConfig, {**config, "out": out}, what="trial config")
         return lambda: train_run(cfg, quiet=True, log=lambda _line: None)

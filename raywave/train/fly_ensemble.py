@@ -1,5 +1,6 @@
-"""Fly-network ensembles on Ray (the only fly module that imports Ray): a TorchTrainer whose W workers each train
-their shard of the models K per network pass, and checkpoint validation spread as Ray tasks.
+"""Fly-network ensembles on Ray (the fly network's orchestration: the only fly code that imports Ray): a
+TorchTrainer whose W workers each train their shard of the models K per network pass, and checkpoint
+validation spread as Ray tasks.
 
 The models are independent: no gradient is all-reduced between workers. Every model's checkpoints live in its
 own directory (`raywave.fly.ensemble_run`), so a worker restarted by `FailureConfig` or a re-run of the same

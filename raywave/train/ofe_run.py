@@ -1,7 +1,8 @@
-"""The driver of `raywave ofe train`: check every input (one line, exit 2, nothing written, no worker started),
-then train (or resume, or report a finished run) on Ray Train through `raywave.train.ray_train.fit`, or in this
-process with `workers: 0`. run.json records the config, the data, the transfer (copied keys, frozen
-parameters, BatchNorm layers held in eval) and the summary (final and best validation, training efficiency)."""
+"""The driver of `raywave ofe train` (orchestration; Ray is imported here, lazily): check every input (one
+line, exit 2, nothing written, no worker started), then train (or resume, or report a finished run) on Ray
+Train through `raywave.train.ray_train.fit`, or in this process with `workers: 0`. run.json records the
+config, the data, the transfer (copied keys, frozen parameters, BatchNorm layers held in eval) and the summary
+(final and best validation, training efficiency)."""
 
 from __future__ import annotations
 
