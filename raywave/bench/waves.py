@@ -1,8 +1,11 @@
 """`raywave bench waves`: cell-steps per second of every backend on the same lattices, as ratios against
-Brian2 cpp_standalone (1 thread). Compilation is timed separately and excluded from the rates."""
+Brian2 cpp_standalone (1 thread), next to the arithmetic limit of this machine for the native kernel's
+float32 loop. Compilation is timed separately (a fresh build of the native kernel; each backend's warm-up) and
+excluded from the rates."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -21,8 +24,56 @@ BACKENDS: dict[str, tuple[dict, float]] = {
     "brian2-numpy": ({"backend": "brian2", "brian2_target": "numpy"}, 2.0e7),
     "torch-cpu": ({"backend": "torch", "device": "cpu", "compile": "on"}, 1.0e9),
     "torch-cpu-1thread": ({"backend": "torch", "device": "cpu", "compile": "on", "threads": 1}, 5.0e8),
+    "native-cpu": ({"backend": "torch", "device": "cpu", "compile": "native"}, 2.0e9),
+    "native-cpu-1thread": ({"backend": "torch", "device": "cpu", "compile": "native", "threads": 1}, 1.0e9),
     "torch-cuda": ({"backend": "torch", "device": "cuda", "compile": "on"}, 2.0e10),
 }
+
+
+#: The native kernel's float32 main loop (row_step<float, FastF32, 4 neighbours, noise on) as GCC 12.2 builds it
+#: for AVX2 (-O3 -march=native), counted in `objdump -d`: vector instructions per 8 cells, and how many of them
+#: are FMA/MUL/DIV-class, which only 2 of the 4 vector pipes execute (AMD Zen 2-4; Intel since Skylake has 2
+#: FMA ports too). The loop's floor is max(all / 4, FMA-class / 2) cycles per 8 cells.
+KERNEL_LOOP = {"cells": 8, "vector_instructions": 296, "fma_class": 121, "vector_pipes": 4, "fma_pipes": 2}
+
+
+def arithmetic_limit(threads: int) -> dict | None:
+    """ns per cell-step at which the native float32 loop would run if every vector pipe were busy every cycle, at
+    the clock measured by a float32 FMA loop (2 FMA pipes x 8 lanes x 2 flops per cycle per core)."""
+    from raywave.native import NativeUnavailable
+    from raywave.waves.backend_native import peak_flops
+
+    try:
+        peak_1 = peak_flops(1)
+        peak_n = peak_flops(threads) if threads > 1 else peak_1
+    except NativeUnavailable:
+        return None
+    k = KERNEL_LOOP
+    clock_hz = peak_1 / (k["fma_pipes"] * 8 * 2)
+    cycles_per_cell = max(k["vector_instructions"] / k["vector_pipes"], k["fma_class"] / k["fma_pipes"]) / k["cells"]
+    ns_1 = cycles_per_cell / clock_hz * 1e9
+    return {
+        "peak_flops_float32_1thread": peak_1,
+        f"peak_flops_float32_{threads}threads": peak_n,
+        "clock_ghz_from_fma_peak": clock_hz / 1e9,
+        "kernel_loop": k,
+        "cycles_per_cell_step": cycles_per_cell,
+        "ns_per_cell_step": {1: ns_1, threads: ns_1 * peak_1 / peak_n},
+    }
+
+
+def fresh_native_build_seconds() -> float | None:
+    """Seconds to compile the native kernel from scratch (into a temporary cache), or None without a compiler."""
+    import tempfile
+
+    from raywave.native import NativeUnavailable, build
+    from raywave.waves.backend_native import NAME, SOURCE
+
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            return build(SOURCE, NAME, cache=d).seconds
+        except NativeUnavailable:
+            return None
 
 
 def _frames_for(cfg: SimulationConfig, budget: float, max_frames: int) -> int:
@@ -30,7 +81,7 @@ def _frames_for(cfg: SimulationConfig, budget: float, max_frames: int) -> int:
     return int(max(1, min(max_frames, budget // per_frame)))
 
 
-def measure(label: str, size: int, max_frames: int, seed: int = 0) -> dict:
+def measure(label: str, size: int, max_frames: int, seed: int = 0, repeats: int = 3) -> dict:
     """Time one backend on a size x size lattice (gA 0.03, noise on, dt 0.1 ms, frames every 100 ms)."""
     import torch
 
@@ -49,17 +100,21 @@ def measure(label: str, size: int, max_frames: int, seed: int = 0) -> dict:
         # warm-up: compilation (torch.compile / Cython / C++ build) happens here and is reported separately
         _, state = backend.run_frames(state, 0, 1 if cfg.backend == "torch" else n_frames, ["C"])
         warm = time.perf_counter() - t0
-        if cfg.backend == "torch" and backend.device.type == "cuda":
-            torch.cuda.synchronize()
-        t1 = time.perf_counter()
         step0 = cfg.steps_per_frame * (1 if cfg.backend == "torch" else n_frames)
-        frames, _ = backend.run_frames(state, step0, n_frames, ["C"])
-        if cfg.backend == "torch" and backend.device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t1
+        elapsed = float("inf")
+        for _ in range(repeats if cfg.backend == "torch" else 1):  # fast runs: the fastest of a few
+            if cfg.backend == "torch" and backend.device.type == "cuda":
+                torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            frames, _ = backend.run_frames(state, step0, n_frames, ["C"])
+            if cfg.backend == "torch" and backend.device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = min(elapsed, time.perf_counter() - t1)
         if cfg.backend == "brian2" and cfg.brian2_target == "cpp_standalone":
             elapsed = backend.last_run_seconds  # the binary's own loop time (excludes process start)
         ok = bool(np.isfinite(frames["C"]).all())
+        path = getattr(backend, "path", cfg.brian2_target)
+        threads = cfg.threads or (torch.get_num_threads() if cfg.backend == "torch" else 1)
     finally:
         if hasattr(backend, "close"):
             backend.close()
@@ -73,6 +128,8 @@ def measure(label: str, size: int, max_frames: int, seed: int = 0) -> dict:
         "steps": steps,
         "seconds": elapsed,
         "warmup_seconds": warm,
+        "path": path,
+        "threads": threads,
         "cell_steps_per_s": size * size * steps / elapsed,
         "ns_per_cell_step": elapsed / (size * size * steps) * 1e9,
         "finite": ok,
@@ -100,16 +157,24 @@ def run_benchmark(
                 log(f"{label} on {size}x{size} ...")
             rows.append(measure(label, size, max_frames))
     base = {r["lattice"]: r["cell_steps_per_s"] for r in rows if r["backend"] == BASELINE}
+    limit = arithmetic_limit(max(r["threads"] for r in rows)) if rows else None
     for r in rows:
         b = base.get(r["lattice"])
         r["speedup_vs_brian2_cpp_standalone_1thread"] = r["cell_steps_per_s"] / b if b else None
+        floor = limit["ns_per_cell_step"].get(r["threads"]) if limit else None
+        r["limit_ns_per_cell_step"] = floor
+        r["fraction_of_limit"] = floor / r["ns_per_cell_step"] if floor else None
     return {
         "benchmark": "waves",
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_info(),
+        "load_average_1min": os.getloadavg()[0],
         "versions": _versions(),
-        "model": "SAC, gA 0.03 nS, noise on, dt 0.1 ms, 4 neighbours, zero-flux; rates exclude compilation",
+        "model": "SAC, gA 0.03 nS, noise on, dt 0.1 ms, 4 neighbours, zero-flux, float32 (torch/native); "
+        "rates exclude compilation",
         "baseline": BASELINE,
+        "native_build_seconds": fresh_native_build_seconds() if any(r["path"] == "native" for r in rows) else None,
+        "arithmetic_limit": limit,
         "rows": rows,
     }
 

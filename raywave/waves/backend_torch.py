@@ -1,13 +1,20 @@
-"""Vectorised torch backend (CPU and CUDA): a fused Euler-Maruyama step, many steps per compiled call.
+"""Vectorised torch backend (CPU and CUDA): a fused Euler-Maruyama step, run one of three ways.
 
 The step is the model of `equations.py`, rewritten with identities that save transcendental functions:
 (1 + tanh(x))/2 = sigmoid(2x); with e = exp((V - V3)/(2 V4)): Ninf = e^4/(1 + e^4), Lambda = (e + 1/e)/2;
 hA is carried as state so that each cell evaluates it once, not once per neighbour.
-`tests/test_waves_torch.py` checks it against `equations.euler_step_reference`.
+`tests/test_model_numerics.py` checks it against `equations.euler_step_reference`.
+
+Paths (`compile`): `native` runs the same step as a hand-written C++/OpenMP kernel (`backend_native.py`, CPU,
+a whole frame interval per call, built in ~2 s once per machine and cached); `on` torch.compile's the step
+(inductor; ~1 min for each new lattice shape unless its cache has it); `off` runs it eagerly (no wait, slow:
+~0.4 ms of dispatch a step). `auto` takes the native kernel on the CPU, and elsewhere (CUDA, or no C++
+compiler) compiles only runs long enough to repay the compile wait; it says which path it chose in one line.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -22,9 +29,10 @@ from raywave.waves.params import SACParameters
 
 State = dict[str, np.ndarray]
 
-#: Steps above which `compile: auto` compiles the step: eager torch costs ~0.4 ms a step in dispatch alone;
-#: compiling costs ~2 s when inductor's on-disk cache has the lattice shape, up to a minute when not.
-AUTO_COMPILE_STEPS = 20_000
+#: Steps above which `compile: auto` torch.compile's the step where the native kernel is not used: eager torch
+#: costs ~0.4 ms a step in dispatch alone; compiling costs ~2 s when inductor's on-disk cache has the lattice
+#: shape, up to a minute when not, so it pays from ~200,000 steps (20 s simulated at dt 0.1 ms).
+AUTO_COMPILE_STEPS = 200_000
 
 
 def resolve_device(name: str) -> torch.device:
@@ -118,8 +126,50 @@ def _steps_per_call(steps_per_frame: int) -> int:
     return 1
 
 
+_said: set[str] = set()
+
+
+def _say_once(line: str) -> None:
+    """One line on stderr, once per process (a sweep's worker runs many simulations)."""
+    if line not in _said:
+        _said.add(line)
+        print(f"raywave: {line}", file=sys.stderr, flush=True)
+
+
+def choose_path(cfg: SimulationConfig, device: torch.device, steps: int) -> tuple[str, str]:
+    """('native' | 'compiled' | 'eager', the reason in words) for `cfg.compile` on `device`."""
+    from raywave.native import NativeUnavailable, find_compiler
+    from raywave.waves import backend_native
+
+    if cfg.compile == "on":
+        return "compiled", "torch.compile (--compile on)"
+    if cfg.compile == "off":
+        return "eager", "eager torch (--compile off)"
+    why_not = None
+    if device.type != "cpu":
+        why_not = f"the native kernel runs on the CPU, not on {device}"
+    else:
+        why_not = backend_native.supported(cfg.height, cfg.width, cfg.boundary)
+    if why_not is None:
+        try:
+            _, build = backend_native.library()
+        except NativeUnavailable as e:
+            why_not = str(e)
+        else:
+            how = f"built in {build.seconds:.1f} s" if build.built else "cached"
+            return "native", f"native C++ kernel ({how}: {build.path.name})"
+    if cfg.compile == "native":
+        raise RaywaveError(f"--compile native is not available: {why_not}; use --compile auto, on or off")
+    if device.type == "cpu" and find_compiler() is None:  # inductor needs a C++ compiler on the CPU as well
+        return "eager", f"eager torch ({why_not})"
+    if steps >= AUTO_COMPILE_STEPS:
+        return "compiled", f"torch.compile: {steps} steps repay its wait ({why_not})"
+    return "eager", f"eager torch: {steps} steps < {AUTO_COMPILE_STEPS} do not repay a torch.compile wait ({why_not})"
+
+
 class TorchBackend:
-    """Integrates a `SimulationConfig` in chunks of frames; keeps the compiled step between chunks."""
+    """Integrates a `SimulationConfig` in chunks of frames; keeps the compiled step (or native kernel) between
+    chunks. `path` says how the step runs: native, compiled or eager (see the module docstring)."""
 
     name = "torch"
 
@@ -131,8 +181,22 @@ class TorchBackend:
             torch.set_num_threads(cfg.threads)
         self.noise = cfg.params.sigma > 0
         self.k = _steps_per_call(cfg.steps_per_frame)
+        self.cells = cell_keys(cfg.height, cfg.width, self.device)
+        self.consts = torch.tensor(step_constants(cfg), dtype=self.dtype, device=self.device)
+        seed = hash32_int(cfg.seed * 2654435761 + 1)
+        steps = cfg.steps_per_frame * (cfg.n_frames + cfg.transient_frames)
+        self.path, why = choose_path(cfg, self.device, steps)
+        if cfg.compile == "auto":
+            _say_once(f"waves step on {self.device} ({cfg.precision}): {why}")
+        self.compiled = self.path == "compiled"
+        if self.path == "native":
+            from raywave.waves.backend_native import NativeStepper
+
+            threads = cfg.threads or torch.get_num_threads()
+            self._native = NativeStepper(cfg, self.consts, self.cells, seed, threads)
+            return
         step = make_step(cfg, self.noise)
-        seed_key = torch.tensor(hash32_int(cfg.seed * 2654435761 + 1), dtype=torch.int32, device=self.device)
+        seed_key = torch.tensor(seed, dtype=torch.int32, device=self.device)
         k = self.k
 
         def multi_step(V, n, C, S, R, A, hA, consts, cells, step0):
@@ -141,17 +205,26 @@ class TorchBackend:
                 V, n, C, S, R, A, hA = step(V, n, C, S, R, A, hA, consts, cells, key)
             return V, n, C, S, R, A, hA
 
-        steps = cfg.steps_per_frame * (cfg.n_frames + cfg.transient_frames)
-        use_compile = cfg.compile == "on" or (cfg.compile == "auto" and steps >= AUTO_COMPILE_STEPS)
-        self.compiled = use_compile
-        self._multi_step = torch.compile(multi_step, dynamic=False, fullgraph=True) if use_compile else multi_step
-        self.cells = cell_keys(cfg.height, cfg.width, self.device)
-        self.consts = torch.tensor(step_constants(cfg), dtype=self.dtype, device=self.device)
+        self._multi_step = torch.compile(multi_step, dynamic=False, fullgraph=True) if self.compiled else multi_step
 
     def to_tensors(self, state: State) -> list[torch.Tensor]:
-        ts = [torch.as_tensor(np.asarray(state[v]), device=self.device).to(self.dtype) for v in STATE_VARIABLES]
+        """The state as tensors of this backend's dtype and device (copies: the caller's arrays stay as they are),
+        hA appended."""
+        ts = [torch.tensor(np.asarray(state[v]), device=self.device).to(self.dtype) for v in STATE_VARIABLES]
         A = ts[-1]
         ts.append(A * A / (self.cfg.params.gammaA + A * A))
+        return ts
+
+    def _advance(self, ts: list[torch.Tensor], step: int) -> list[torch.Tensor]:
+        """One frame interval from absolute step `step`."""
+        cfg = self.cfg
+        if self.path == "native":
+            self._native.advance(ts, step, cfg.steps_per_frame)
+            return ts
+        for _ in range(cfg.steps_per_frame // self.k):
+            step_t = torch.tensor(step, dtype=torch.int32, device=self.device)
+            ts = list(self._multi_step(*ts, self.consts, self.cells, step_t))
+            step += self.k
         return ts
 
     def run_frames(
@@ -162,13 +235,9 @@ class TorchBackend:
         ts = self.to_tensors(state)
         idx = [STATE_VARIABLES.index(v) for v in record]
         frames = torch.empty((len(record), n_frames, cfg.height, cfg.width), dtype=torch.float32, device=self.device)
-        step = step0
         with torch.no_grad():
             for f in range(n_frames):
-                for _ in range(cfg.steps_per_frame // self.k):
-                    step_t = torch.tensor(step, dtype=torch.int32, device=self.device)
-                    ts = list(self._multi_step(*ts, self.consts, self.cells, step_t))
-                    step += self.k
+                ts = self._advance(ts, step0 + f * cfg.steps_per_frame)
                 for j, i in enumerate(idx):
                     frames[j, f] = ts[i]
                 if progress is not None:

@@ -42,8 +42,10 @@ class SimulationConfig(StrictModel):
     brian2_target: Brian2Target = Field("cython", description="Brian2 code-generation target")
     device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:1, ...")
     precision: Literal["float32", "float64"] = Field("float32", description="torch arithmetic precision")
-    compile: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile the fused step (auto: on for runs over ~1e9 cell-steps)"
+    compile: Literal["auto", "native", "on", "off"] = Field(
+        "auto",
+        description="how the torch step runs: native (C++ kernel, CPU), on (torch.compile), off (eager); "
+        "auto: native on the CPU, else torch.compile only for runs long enough to repay it",
     )
     threads: int | None = Field(None, ge=1, description="CPU threads (torch) or None for the default")
 
