@@ -26,7 +26,7 @@ def one_line_error(res, *needles: str) -> None:
 
 
 def test_bad_input_is_one_line_and_writes_nothing(cli, dataset, tmp_path):
-    from raywave.cli.nfp import load, pretrain_run
+    from raywave.train.nfp_run import load, pretrain_run
 
     out = tmp_path / "run"
     res = cli("nfp", "pretrain", "--out", str(out), "--dataset", str(tmp_path / "missing"))  # the real entry point

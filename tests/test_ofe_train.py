@@ -128,10 +128,10 @@ def nfp_checkpoint(path: Path, variant: str) -> Path:
 def nfp_run(tmp_path_factory) -> Path:
     """An NFP run of RAFT basic's encoders made by `raywave nfp pretrain`'s own code (2 steps on wave triplets)."""
     from raywave.bench.train import blob_movie
-    from raywave.cli.nfp import load, pretrain_run
     from raywave.data.generate import import_movie
     from raywave.data.triplets import TripletConfig, build_index
     from raywave.storage import resolve
+    from raywave.train.nfp_run import load, pretrain_run
 
     root = tmp_path_factory.mktemp("nfp")
     ds, out = root / "ds", root / "run"

@@ -68,7 +68,7 @@ def _kill_rank0_once(run: Path, after_step: int, killed: list) -> None:
 
 @pytest.mark.slow  # minutes on 2 CPUs: `make test-slow`
 def test_worker_sigkill_restarts_from_last_checkpoint(ray_local, dataset, tmp_path):
-    from raywave.cli.nfp import PretrainConfig, pretrain_run
+    from raywave.train.nfp_run import PretrainConfig, pretrain_run
 
     run = tmp_path / "run"
     cfg = PretrainConfig(dataset=dataset, corr_levels=2, steps=6, batch=4, val_every=2, checkpoint_every=2,

@@ -126,7 +126,7 @@ class NFPSetting:
     name: str
     fingerprint: str
     run: str
-    config: Any  # raywave.cli.nfp.PretrainConfig
+    config: Any  # raywave.train.nfp_run.PretrainConfig
 
 
 @dataclass
@@ -184,8 +184,8 @@ def _base_keys(base: dict[str, Any], what: str, reserved: tuple[str, ...] = tupl
 
 def nfp_settings(sweep: TransferSweep, store: str) -> dict[str, NFPSetting]:
     """Each `nfp:` setting validated as an `nfp pretrain` config, named by its fingerprint in the store."""
-    from raywave.cli.nfp import PretrainConfig
-    from raywave.cli.nfp import identity as nfp_identity
+    from raywave.train.nfp_run import PretrainConfig
+    from raywave.train.nfp_run import identity as nfp_identity
     from raywave.train.record import fingerprint
 
     out = {}
@@ -239,7 +239,7 @@ def transfer_trials(sweep: TransferSweep, nfp: dict[str, NFPSetting]) -> list[Tr
 
 def nfp_trials(sweep: NFPSweep) -> list[TrialSpec]:
     """Every trial of an NFP sweep, its `nfp pretrain` config validated."""
-    from raywave.cli.nfp import PretrainConfig
+    from raywave.train.nfp_run import PretrainConfig
 
     _base_keys(sweep.base, "sweep", ("seed", "out", "address"))
     sweep.check_seeds()

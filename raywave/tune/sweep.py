@@ -21,6 +21,7 @@ from typing import Any
 
 from raywave.errors import ConfigError, RaywaveError
 from raywave.io import write_json_atomic, write_text_atomic
+from raywave.runtime import ray_session
 from raywave.tune.spec import NFPSweep, Resources, TransferSweep, TrialSpec, nfp_settings, nfp_trials, transfer_trials
 
 POLL_S = 1.0
@@ -53,7 +54,7 @@ def _train_target(kind: str, config: dict, out: str):
 
         cfg = build(OFETrainConfig, {**config, "out": out}, what="trial config")
         return lambda: train_run(cfg, quiet=True, log=lambda _line: None)
-    from raywave.cli.nfp import PretrainConfig, pretrain_run
+    from raywave.train.nfp_run import PretrainConfig, pretrain_run
 
     cfg = PretrainConfig.model_validate({**config, "out": out})
     return lambda: pretrain_run(cfg, quiet=True)
@@ -177,7 +178,7 @@ def _write_start(out: Path, kind: str, sweep, trials: list[TrialSpec], resources
 
 def pretrain_settings(settings: dict, log) -> dict[str, dict]:
     """Pretrain each NFP setting once (a complete run in the store is reused as it is)."""
-    from raywave.cli.nfp import pretrain_run
+    from raywave.train.nfp_run import pretrain_run
 
     done = {}
     for name, s in settings.items():
@@ -231,19 +232,6 @@ def _check_data(kind: str, trials: list[TrialSpec], settings: dict) -> None:
     check_data(build(OFETrainConfig, trials[0].config, what="trial config"))
 
 
-def _start_ray(stack: contextlib.ExitStack, address: str | None, dashboard: bool) -> dict:
-    """The Ray session (embedded, or `address`); a Ray that does not come up is one line, not a traceback."""
-    from raywave.runtime import ray_session
-
-    try:
-        return stack.enter_context(ray_session(address=address, dashboard=dashboard))
-    except RaywaveError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - ray.init raises plain Exceptions (e.g. a node start timeout)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RaywaveError(f"Ray did not start ({first}); nothing was written, re-run the command") from None
-
-
 def _run(kind: str, sweep, trials: list[TrialSpec], out: Path, address, log, analyze: bool, settings: dict) -> Path:
     from ray import tune
 
@@ -252,8 +240,9 @@ def _run(kind: str, sweep, trials: list[TrialSpec], out: Path, address, log, ana
     max_t = max(_total_steps(kind, t.config) for t in trials)
     train_workers = int(trials[0].config.get("workers", 0))
     # Tune stopping a Train trial leaks its placement group without the dashboard (ray#54305)
+    dashboard = sweep.asha is not None and train_workers > 0
     with contextlib.ExitStack() as stack:
-        cluster = _start_ray(stack, address, dashboard=sweep.asha is not None and train_workers > 0)
+        cluster = stack.enter_context(ray_session(address=address, dashboard=dashboard))
         per_trial = check_cluster(sweep.resources, cluster, trials[0].config)
         nfp_info = pretrain_settings(settings, log) if settings else {}
         _write_start(out, kind, sweep, trials, cluster, {"nfp": nfp_info} if kind == "transfer" else {})
