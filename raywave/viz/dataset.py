@@ -6,21 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from raywave.io import atomic_path
-from raywave.viz.waves import CMAP, _plt
-
-
-def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return path
+from raywave.viz.figures import pyplot, save
+from raywave.viz.waves import CMAP
 
 
 def save_activity(per_sim: list[np.ndarray], labels: list[str], threshold_nM: float, path: Path) -> Path:
     """Histogram of the fraction of active cells per frame, pooled, and its time course per simulation."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     pooled = np.concatenate(per_sim) if per_sim else np.zeros(0)
     ax1.hist(pooled, bins=40, range=(0, 1), color="tab:blue")
@@ -35,12 +27,12 @@ def save_activity(per_sim: list[np.ndarray], labels: list[str], threshold_nM: fl
     ax2.set_title("activity over time (first 8 simulations)")
     if labels:
         ax2.legend(fontsize=6, loc="upper right")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def save_triplets(frames: np.ndarray, captions: list[str], path: Path) -> Path:
     """Rows of (I1, I2, I3), normalised values on one colour scale."""
-    plt = _plt()
+    plt = pyplot()
     n = len(frames)
     fig, axes = plt.subplots(max(n, 1), 3, figsize=(6.3, 2.1 * max(n, 1)), squeeze=False)
     vmin, vmax = (float(np.percentile(frames, 1)), float(np.percentile(frames, 99.5))) if n else (0, 1)
@@ -53,4 +45,4 @@ def save_triplets(frames: np.ndarray, captions: list[str], path: Path) -> Path:
             if i == 0:
                 ax.set_title(name)
         axes[i, 0].set_ylabel(captions[i], fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raywave.io import atomic_path
-from raywave.viz.waves import _plt
+from raywave.viz.figures import pyplot, save
 
 
 def colorwheel() -> np.ndarray:
@@ -51,7 +50,7 @@ def flow_to_color(flow: np.ndarray, max_norm: float | None = None) -> np.ndarray
 def save_flow_panels(rows: list[dict[str, np.ndarray]], path: str | Path, titles=("image 1", "ground truth",
                      "prediction", "end-point error")) -> Path:  # fmt: skip
     """One row per sample: image, GT flow, predicted flow (one colour scale per row), EPE map."""
-    plt = _plt()
+    plt = pyplot()
     n = len(rows)
     fig, axes = plt.subplots(n, 4, figsize=(13, 2.6 * n), squeeze=False)
     for i, r in enumerate(rows):
@@ -65,8 +64,4 @@ def save_flow_panels(rows: list[dict[str, np.ndarray]], path: str | Path, titles
             if i == 0:
                 ax.set_title(titles[j])
         axes[i, 3].set_xlabel(f"EPE {epe.mean():.2f} px", fontsize=8)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=100)

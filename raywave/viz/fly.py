@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from raywave.fly import hexlattice
-from raywave.io import atomic_path
+from raywave.viz.figures import pyplot, save
 from raywave.viz.flow import flow_to_color
-from raywave.viz.waves import _plt
 
 
 def _hex(ax, values: np.ndarray, **kw) -> None:
@@ -30,7 +29,7 @@ def _flow_rgb(flow: np.ndarray, max_norm: float) -> np.ndarray:
 
 def plot_sample(lum: np.ndarray, flow: np.ndarray, path: str | Path, title: str = "", frames: int = 4) -> Path:
     """Luminance and flow (colour wheel; y up) of a few frames of one rendered sample."""
-    plt = _plt()
+    plt = pyplot()
     idx = np.linspace(0, len(lum) - 1, min(frames, len(lum))).astype(int)
     fig, axes = plt.subplots(2, len(idx), figsize=(2.6 * len(idx), 5.4), squeeze=False)
     vmax = float(np.linalg.norm(flow, axis=-1).max()) or 1.0
@@ -41,12 +40,12 @@ def plot_sample(lum: np.ndarray, flow: np.ndarray, path: str | Path, title: str 
     axes[0, 0].text(-0.1, 0.5, "luminance", transform=axes[0, 0].transAxes, rotation=90, va="center")
     axes[1, 0].text(-0.1, 0.5, "flow", transform=axes[1, 0].transAxes, rotation=90, va="center")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_prediction(flow: np.ndarray, pred: np.ndarray, path: str | Path, frames: int = 4) -> Path:
     """True vs predicted flow on the hex lattice for a few frames (same colour scale)."""
-    plt = _plt()
+    plt = pyplot()
     idx = np.linspace(len(flow) // 4, len(flow) - 1, min(frames, len(flow))).astype(int)
     fig, axes = plt.subplots(2, len(idx), figsize=(2.6 * len(idx), 5.4), squeeze=False)
     vmax = float(np.linalg.norm(flow, axis=-1).max()) or 1.0
@@ -56,12 +55,12 @@ def plot_prediction(flow: np.ndarray, pred: np.ndarray, path: str | Path, frames
         axes[0, j].set_title(f"step {k}", fontsize=9)
     axes[0, 0].text(-0.1, 0.5, "true", transform=axes[0, 0].transAxes, rotation=90, va="center")
     axes[1, 0].text(-0.1, 0.5, "predicted", transform=axes[1, 0].transAxes, rotation=90, va="center")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_responses(t_s: np.ndarray, responses: dict[str, np.ndarray], path: str | Path, title: str = "") -> Path:
     """Voltage traces of central cells over time."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, trace in responses.items():
         ax.plot(t_s, trace, label=name)
@@ -69,12 +68,5 @@ def plot_responses(t_s: np.ndarray, responses: dict[str, np.ndarray], path: str 
     ax.set_ylabel("voltage (a.u.)")
     ax.set_title(title)
     ax.legend(fontsize=8, ncol=2)
-    return _save(fig, path)
+    return save(fig, path)
 
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    _plt().close(fig)
-    return path

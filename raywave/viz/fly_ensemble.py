@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from raywave.viz.fly import _save
-from raywave.viz.waves import _plt
+from raywave.viz.figures import pyplot, save
 
 
 def _colours(errors: np.ndarray):
     """One colour per model from its task error (viridis: low error dark), and the scalar mappable."""
-    plt = _plt()
+    plt = pyplot()
     lo, hi = float(np.nanmin(errors)), float(np.nanmax(errors))
     norm = plt.Normalize(lo, hi if hi > lo else lo + 1e-9)
     cmap = plt.get_cmap("viridis")
@@ -21,20 +20,20 @@ def _colours(errors: np.ndarray):
 
 def plot_task_error_histogram(errors: np.ndarray, path: str | Path, bins: int = 10) -> Path:
     """Histogram of the models' task errors (best validation EPE), as flyvis' task_error_histogram."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.hist(errors, bins=min(bins, max(1, len(errors))), color="0.4", edgecolor="white")
     ax.set_xlabel("task error (validation EPE)")
     ax.set_ylabel("models")
     ax.set_title(f"{len(errors)} models, median {np.median(errors):.3g}")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_tuning(angles_deg: np.ndarray, peaks: dict[str, np.ndarray], errors: np.ndarray, path: str | Path,
                 dsi: dict[str, np.ndarray] | None = None) -> Path:  # fmt: skip
     """Polar tuning per cell type: every model's peak responses over directions (normalised to its maximum), one
     line each coloured by task error."""
-    plt = _plt()
+    plt = pyplot()
     types = list(peaks)
     cols = min(4, len(types))
     rows = int(np.ceil(len(types) / cols))
@@ -50,13 +49,13 @@ def plot_tuning(angles_deg: np.ndarray, peaks: dict[str, np.ndarray], errors: np
         ax.set_title(label, fontsize=9)
         ax.set_yticklabels([])
     fig.colorbar(mappable, ax=fig.axes, shrink=0.6, label="task error")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_ensemble_responses(t_s: np.ndarray, traces: dict[str, np.ndarray], errors: np.ndarray, path: str | Path,
                             title: str = "") -> Path:  # fmt: skip
     """Central-cell voltages of each type (one panel each), every model a line coloured by task error."""
-    plt = _plt()
+    plt = pyplot()
     types = list(traces)
     fig, axes = plt.subplots(len(types), 1, figsize=(7, 1.8 * len(types)), sharex=True, squeeze=False)
     colours, mappable = _colours(errors)
@@ -67,4 +66,4 @@ def plot_ensemble_responses(t_s: np.ndarray, traces: dict[str, np.ndarray], erro
     axes[-1, 0].set_xlabel("time (s)")
     axes[0, 0].set_title(title)
     fig.colorbar(mappable, ax=list(axes[:, 0]), shrink=0.6, label="task error")
-    return _save(fig, path)
+    return save(fig, path)

@@ -10,17 +10,9 @@ import numpy as np
 
 from raywave.errors import RaywaveError
 from raywave.io import atomic_path
+from raywave.viz.figures import pyplot, save
 
 CMAP = "turbo"  # blue (low calcium) -> red (high calcium)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def snapshot_indices(times: np.ndarray, every_s: float) -> np.ndarray:
@@ -35,7 +27,7 @@ def save_snapshots(
     calcium: np.ndarray, times: np.ndarray, path: str | Path, every_s: float = 15.0, vmin=None, vmax=None
 ) -> Path:
     """Grid of calcium snapshots every `every_s` seconds, blue low -> red high, one shared colour scale."""
-    plt = _plt()
+    plt = pyplot()
     idx = snapshot_indices(times, every_s)
     vmin = float(np.percentile(calcium, 1)) if vmin is None else vmin
     vmax = float(np.percentile(calcium, 99.9)) if vmax is None else vmax
@@ -49,14 +41,14 @@ def save_snapshots(
         im = ax.imshow(calcium[i], cmap=CMAP, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(f"t = {times[i]:.1f} s", fontsize=9)
     fig.colorbar(im, ax=axes, shrink=0.8, label="calcium (nM)")
-    return _save(fig, path)
+    return save(fig, path, tight=False)
 
 
 def save_movie(
     calcium: np.ndarray, times: np.ndarray, path: str | Path, fps: int = 20, stride: int = 1, dpi: int = 80
 ) -> Path:
     """Animated GIF (Pillow) or MP4 (needs ffmpeg on PATH) of the calcium movie."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib import animation
 
     path = Path(path)
@@ -92,7 +84,7 @@ def save_movie(
 
 def save_size_distribution(sizes: np.ndarray, fit: dict, path: str | Path, n_cells: int) -> Path:
     """Complementary CDF of event sizes on log-log axes, with the fitted power law."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.6))
     sizes = np.sort(np.asarray(sizes))
     if len(sizes):
@@ -108,12 +100,12 @@ def save_size_distribution(sizes: np.ndarray, fit: dict, path: str | Path, n_cel
     ax.set_ylabel("P(size >= s)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path, tight=False)
 
 
 def save_ga_scan(rows: list[dict], snapshots: list[tuple[float, np.ndarray]], path: str | Path) -> Path:
     """gA scan figure: a calcium snapshot per gA, and event-size fraction / count vs gA."""
-    plt = _plt()
+    plt = pyplot()
     n = len(snapshots)
     fig = plt.figure(figsize=(2.2 * max(n, 3), 5.2))
     gs = fig.add_gridspec(2, max(n, 3), height_ratios=[1, 1.1])
@@ -133,13 +125,5 @@ def save_ga_scan(rows: list[dict], snapshots: list[tuple[float, np.ndarray]], pa
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path, tight=False)
 
-
-def _save(fig, path: str | Path) -> Path:
-    plt = _plt()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
-    plt.close(fig)
-    return path
