@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -30,13 +33,28 @@ def test_demo_plan_names_real_commands(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_demo_end_to_end_and_resume(tmp_path):
+def test_tiny_demo_end_to_end_interrupted_and_resumed(tmp_path):
+    """Ctrl-C (SIGINT to the demo's process group, as a terminal sends it) while the transfer sweep runs: the
+    demo exits 130 without marking the stage done; the same command then finishes every stage, the sweep
+    restored (every trial's run complete) and the NFP run trained once."""
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "raywave", "demo", "--tiny", "--out", str(out)]
-    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=3600)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 2400
+    while not list((out / "sweep" / "trials").glob("*/run/run.json")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the transfer sweep did not start"
+        time.sleep(1)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    time.sleep(5)
+    os.killpg(proc.pid, signal.SIGINT)
+    interrupted = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, interrupted[-3000:]
+    assert not (out / ".stages" / "transfer.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=3600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     index = out / "index.html"
-    assert str(index.resolve()) in first.stdout.replace("\n", "")
+    assert str(index.resolve()) in again.stdout.replace("\n", "")
     page = index.read_text()
     images = re.findall(r"<img src='([^']+)'", page)
     assert images and all((out / src).is_file() for src in images)
@@ -44,6 +62,8 @@ def test_tiny_demo_end_to_end_and_resume(tmp_path):
     assert any("fly-view" in src for src in images)
     for stage in stages(out, True, write_configs(out, True)):
         assert json.loads((out / ".stages" / f"{stage.name}.json").read_text())["args"] == list(stage.args)
+    runs = list((out / "sweep" / "trials").glob("*/run/run.json"))
+    assert len(runs) == 6 and all(json.loads(r.read_text())["status"] == "complete" for r in runs)
     # the sweep reused the NFP run of the demo's NFP stage: one attempt, trained once
     (nfp_run,) = (out / "nfp-store").iterdir()
     assert len(json.loads((nfp_run / "run.json").read_text())["attempts"]) == 1

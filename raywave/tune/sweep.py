@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -261,6 +262,10 @@ def _run(kind: str, sweep, trials: list[TrialSpec], out: Path, address, log, ana
                                           failure_config=tune.FailureConfig(max_failures=1)),
             )  # fmt: skip
         log(f"{len(trials)} trials -> {out}")
+        # Tune's own Ctrl-C handler ends fit() normally, which would look like a finished sweep (exit 0, trials
+        # marked stopped early). Without it Ctrl-C is a KeyboardInterrupt like in every other command: exit 130
+        # and "re-run to resume"; Tune's experiment state is saved as it goes, so the re-run restores it.
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         results = tuner.fit()
     _finish(out, trials, results)
     if analyze:

@@ -46,8 +46,11 @@ def plot_tuning(angles_deg: np.ndarray, peaks: dict[str, np.ndarray], errors: np
             r = r / r.max() if r.max() > 0 else r
             ax.plot(theta, np.append(r, r[0]), color=colours[k], lw=1)
         label = t if dsi is None else f"{t}  DSI {np.median(dsi[t]):.2f}"
-        ax.set_title(label, fontsize=9)
+        ax.set_title(label, fontsize=9, pad=12)
         ax.set_yticklabels([])
+        ax.set_xticks(np.radians(np.arange(0, 360, 90)))  # 0/90/180/270: labels clear of the neighbours'
+        ax.tick_params(labelsize=8)
+    fig.subplots_adjust(wspace=0.45, hspace=0.45)
     fig.colorbar(mappable, ax=fig.axes, shrink=0.6, label="task error")
     return save(fig, path)
 
