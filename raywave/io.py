@@ -137,6 +137,21 @@ def check_output(
     return path
 
 
+def check_shared_path(target: str | os.PathLike, option: str, why: str, example: str) -> Path:
+    """Refuse a URI where a command needs a POSIX file system (directories, renames, file locks), before anything
+    starts; returns the path. A typer `Path` option turns `s3://b/x` into `s3:/b/x`: both forms are caught, and
+    the message shows the URI as typed. On a cluster the path must be on a file system every node mounts."""
+    text = str(target)
+    if _URI.match(text):
+        scheme, rest = text.split(":", 1)
+        shown = text if "://" in text else f"{scheme}://{'/' if scheme == 'file' else ''}{rest.lstrip('/')}"
+        raise RaywaveError(
+            f"{option} {shown!r} is a URI, but {why}; give a path on a file system every node mounts (NFS, EFS, "
+            f"Filestore, a ReadWriteMany volume; e.g. {example}), or a local path on one machine"
+        )
+    return Path(text)
+
+
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=-]{0,127}")
 
 

@@ -157,6 +157,16 @@ CASES = [
     ("spec-stride-text", "fly connectome --connectome {ws}/spec-stride-text.json", "two integers >= 1"),
     ("spec-not-json", "fly connectome --connectome {ws}/spec-notjson.json", "not valid UTF-8 JSON"),
     ("fly-simulate-bad-spec", "fly simulate --out {ws}/fsim --connectome {ws}/spec-stride0.json", "stride"),
+    # --- a URI where a command needs a file system every node mounts (typer's Path would make `s3://b/x` a local
+    # folder `s3:/b/x`): refused before anything starts, the URI shown as typed
+    ("sweep-transfer-out-s3", "sweep transfer -c {ws}/sweep.yaml --out s3://bucket/t", "'s3://bucket/t' is a URI"),
+    ("sweep-nfp-out-gs", "sweep nfp -c {ws}/sweep.yaml -o gs://bucket/sweeps/n", "'gs://bucket/sweeps/n' is a URI"),
+    ("sweep-analyze-uri", "sweep analyze s3://bucket/sweeps/t", "SWEEP 's3://bucket/sweeps/t' is a URI"),
+    ("sweep-analyze-out-uri", "sweep analyze {ws} --out s3://bucket/report", "--out 's3://bucket/report' is a URI"),
+    ("ensemble-train-root-s3", "fly ensemble train --name flow/0000 --root s3://bucket/fly", "e.g. /data/raywave/fly"),
+    ("ensemble-validate-root-gs", "fly ensemble validate flow/0000 --root gs://b/fly", "'gs://b/fly' is a URI"),
+    ("ensemble-view-root-file", "fly ensemble view flow/0000 --root file:///tmp/fly", "'file:///tmp/fly' is a URI"),
+    ("ensemble-view-out-uri", "fly ensemble view flow/0000 --root {ws} -o s3://bucket/v", "'s3://bucket/v' is a URI"),
 ]
 
 

@@ -8,10 +8,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from raywave.io import check_shared_path
+
 app = typer.Typer(help="Fly-network ensembles: train on Ray Train (K models per pass), validate, view.",
                   no_args_is_help=True)  # fmt: skip
 console = Console()
-ROOT_HELP = "root directory (shared storage on a cluster); the ensemble lives in ROOT/NAME/000, 001, ..."
+ROOT_HELP = ("root directory (on a cluster: a path on a file system every node mounts, not a URI); the ensemble "
+             "lives in ROOT/NAME/000, 001, ...")  # fmt: skip
+ROOT_WRITES = "an ensemble keeps per-model checkpoint folders under a file lock, which object storage cannot hold"
+ROOT_EXAMPLE = "/data/raywave/fly"
 
 
 def _table(rows: list[dict], title: str) -> Table:
@@ -40,6 +45,7 @@ def train(
     address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or an embedded Ray)"),
 ) -> None:
     """Train (or resume: re-run the same command) an ensemble; finished models train nothing."""
+    check_shared_path(root, "--root", ROOT_WRITES, ROOT_EXAMPLE)
     from raywave.fly.train import load_config
     from raywave.train import fly_ensemble
 
@@ -59,6 +65,7 @@ def validate(
     address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or an embedded Ray)"),
 ) -> None:
     """Validation EPE of every checkpoint of every model (Ray tasks); best checkpoint per model; sorted table."""
+    check_shared_path(root, "--root", ROOT_WRITES, ROOT_EXAMPLE)
     from raywave.train import fly_ensemble
 
     rows = fly_ensemble.validate(root, name, address)
@@ -73,6 +80,9 @@ def view(
     cell_types: str = typer.Option("T4c,T5c,Mi1,Tm3", help="comma-separated cell types whose responses to plot"),
 ) -> None:
     """Task-error histogram, sorted model table (CSV), responses to a clip, DSI and polar tuning of T4/T5."""
+    check_shared_path(root, "--root", ROOT_WRITES, ROOT_EXAMPLE)
+    if out is not None:
+        check_shared_path(out, "--out", "the view is written through the file system", f"{ROOT_EXAMPLE}/view")
     from raywave.fly.ensemble_view import view as run_view
 
     types = [t.strip() for t in cell_types.split(",") if t.strip()]

@@ -8,9 +8,12 @@ import typer
 from rich.console import Console
 
 from raywave.errors import ConfigError
+from raywave.io import check_shared_path
 
 app = typer.Typer(help="Ray Tune sweeps (transfer strategies, NFP settings) and their report.", no_args_is_help=True)
 console = Console()
+EXAMPLE = "/data/raywave/sweeps/transfer"  # where the cluster docs put a sweep (cluster/, jobs/)
+SWEEP_WRITES = "a sweep writes trial folders, synthetic flow data and Tune state through the file system"
 
 
 def _log(line: str) -> None:
@@ -40,6 +43,9 @@ def analyze(
     compare: str = typer.Option(None, help="nfp sweeps: the key whose values are compared (default iters)"),
 ) -> None:
     """Report of a sweep's results (no Ray needed): HTML (figures embedded) + Markdown + a CSV per table."""
+    check_shared_path(sweep, "SWEEP", "`sweep analyze` reads the sweep folder through the file system", EXAMPLE)
+    if out is not None:
+        check_shared_path(out, "--out", "the report is written through the file system", f"{EXAMPLE}/report")
     from raywave.tune.analysis import analyze as run_analysis
     from raywave.tune.layout import load_sweep
     from raywave.tune.report import write_report
@@ -66,6 +72,8 @@ def transfer(
 ) -> None:
     """Ray Tune sweep of OFE training runs: strategies x NFP settings x data fractions x grid x seeds, each NFP
     setting pretrained once first; then the report."""
+    if out is not None:
+        check_shared_path(out, "--out", SWEEP_WRITES, EXAMPLE)
     from raywave.tune.sweep import run_transfer
 
     path = run_transfer(config, out, address, log=_log, analyze=report)
@@ -81,6 +89,8 @@ def nfp(
 ) -> None:
     """Ray Tune sweep of NFP pretraining runs (variant x iterations x triplet index x lr x seeds), scored by
     validation MSE relative to the repeat-I2 baseline; then the report (iterations compared by default)."""
+    if out is not None:
+        check_shared_path(out, "--out", SWEEP_WRITES, "/data/raywave/sweeps/nfp")
     from raywave.tune.sweep import run_nfp
 
     path = run_nfp(config, out, address, log=_log, analyze=report)
