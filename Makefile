@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+	# the native SAC kernel, built once per machine (cached; one line and the torch path if there is no compiler)
+	$(BIN)/python -m raywave.waves.backend_native
 
 ## The main job on the embedded default: the whole pipeline at small scale (`raywave demo`), each stage the
 ## real command: a wave sweep on Ray actors -> dataset card -> triplets -> NFP pretraining (Ray Train) ->

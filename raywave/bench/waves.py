@@ -31,10 +31,11 @@ BACKENDS: dict[str, tuple[dict, float]] = {
 
 
 #: The native kernel's float32 main loop (row_step<float, FastF32, 4 neighbours, noise on) as GCC 12.2 builds it
-#: for AVX2 (-O3 -march=native), counted in `objdump -d`: vector instructions per 8 cells, and how many of them
-#: are FMA/MUL/DIV-class, which only 2 of the 4 vector pipes execute (AMD Zen 2-4; Intel since Skylake has 2
-#: FMA ports too). The loop's floor is max(all / 4, FMA-class / 2) cycles per 8 cells.
-KERNEL_LOOP = {"cells": 8, "vector_instructions": 296, "fma_class": 121, "vector_pipes": 4, "fma_pipes": 2}
+#: for AVX2 (-O3 -march=native), counted in `objdump -d` (/work/notes/h16/count_loop.py): vector instructions per 8
+#: cells that occupy a vector pipe (loads, stores, broadcasts from memory and register moves left out), and how
+#: many of them are FMA/MUL/DIV-class, which only 2 of the 4 vector pipes execute (AMD Zen 2-4; Intel since
+#: Skylake has 2 FMA ports too). The loop's floor is max(all / 4, FMA-class / 2) cycles per 8 cells.
+KERNEL_LOOP = {"cells": 8, "vector_instructions": 238, "fma_class": 125, "vector_pipes": 4, "fma_pipes": 2}
 
 
 def arithmetic_limit(threads: int) -> dict | None:

@@ -66,15 +66,28 @@ def waves(
         result["poster_run"] = poster_run(device)
     if _emit(result, save, as_json):
         return
-    t = Table(title=f"waves benchmark ({result['machine']['cpus']} CPUs, gpu: {result['machine']['gpu']})")
-    for col in ("backend", "lattice", "ns/cell-step", "cell-steps/s", "x brian2 cpp (1 thread)", "warm-up s"):
+    m = result["machine"]
+    t = Table(title=f"waves benchmark ({m['cpus']} CPUs: {m['cpu']}; gpu: {m['gpu']}; "
+                    f"load {result['load_average_1min']:.1f})")  # fmt: skip
+    cols = ("backend", "lattice", "threads", "ns/cell-step", "limit ns", "% of limit", "cell-steps/s",
+            "x brian2 cpp (1 thread)", "warm-up s")  # fmt: skip
+    for col in cols:
         t.add_column(col, justify="right")
     for r in result["rows"]:
-        ratio = r["speedup_vs_brian2_cpp_standalone_1thread"]
-        t.add_row(r["backend"], r["lattice"], f"{r['ns_per_cell_step']:.1f}", f"{r['cell_steps_per_s']:.3g}",
+        ratio, frac = r["speedup_vs_brian2_cpp_standalone_1thread"], r["fraction_of_limit"]
+        t.add_row(r["backend"], r["lattice"], str(r["threads"]), f"{r['ns_per_cell_step']:.2f}",
+                  f"{r['limit_ns_per_cell_step']:.2f}" if r["limit_ns_per_cell_step"] else "-",
+                  f"{100 * frac:.0f}" if frac else "-", f"{r['cell_steps_per_s']:.3g}",
                   f"{ratio:.1f}" if ratio else "-", f"{r['warmup_seconds']:.1f}")  # fmt: skip
-    out = Console(width=max(Console().width, 120))
+    out = Console(width=max(Console().width, 140))
     out.print(t)
+    if result.get("native_build_seconds") is not None:
+        out.print(f"native kernel: a fresh build takes {result['native_build_seconds']:.1f} s (once per machine)")
+    if result.get("arithmetic_limit"):
+        lim = result["arithmetic_limit"]
+        out.print(f"limit: {lim['cycles_per_cell_step']:.2f} cycles per cell-step (the native float32 loop's "
+                  f"vector instructions on every pipe) at {lim['clock_ghz_from_fma_peak']:.2f} GHz (from the "
+                  "measured FMA peak)")  # fmt: skip
     if "poster_run" in result:
         out.print(result["poster_run"])
 
@@ -162,25 +175,35 @@ def fly(
     rounds: int = typer.Option(2, help="fresh processes per implementation, alternating between the two"),
     save: Path = typer.Option(None, help="write the results JSON here (e.g. benchmarks/results/fly-cpu.json)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+    flyvis_python: Path = typer.Option(
+        None, help="python of an environment with flyvis 1.2.0: also time flyvis itself (never a dependency)"
+    ),
 ) -> None:
-    """Fly network forward and forward+decoder+backward: sparse product + adjoint vs the per-edge scatter baseline."""
-    from raywave.bench.fly import run_benchmark
+    """Fly network forward and forward+decoder+backward: this project vs the per-edge scatter baseline (and flyvis)."""
+    from raywave.bench.fly import check_flyvis_python, run_benchmark
 
     if min(repeats, rounds, batch, steps) < 1:
         raise ConfigError("--repeats, --rounds, --batch and --steps must be >= 1")
     _require_device(device)
+    if flyvis_python is not None:
+        check_flyvis_python(flyvis_python)
+        if device != "cpu":
+            raise ConfigError("--flyvis-python times flyvis on the CPU; use --device cpu")
     console = Console(stderr=True)
-    result = run_benchmark(device, batch, steps, repeats, rounds, log=None if as_json else console.log)
+    result = run_benchmark(device, batch, steps, repeats, rounds, log=None if as_json else console.log,
+                           flyvis_python=flyvis_python)  # fmt: skip
     if _emit(result, save, as_json):
         return
     t = Table(title=f"fly network benchmark on {device} ({result['machine']['cpu']}, gpu: {result['machine']['gpu']})")
-    for col in ("mode", "implementation", "batch x steps", "s", "peak MiB", "speed-up", "max rel diff"):
+    for col in ("mode", "implementation", "batch x steps", "s", "peak MiB", "vs per-edge", "vs flyvis", "max rel diff"):
         t.add_column(col, justify="right")
     for r in result["rows"]:
         diff = r["max_rel_grad_diff"] if r.get("max_rel_grad_diff") is not None else r.get("max_rel_voltage_diff")
-        t.add_row(r["mode"], r["impl"], f"{r['batch']} x {r['steps']}", f"{r['seconds']:.3f}",
+        impl = f"{r['impl']} ({r['kernel']})" if r.get("kernel") else r["impl"]
+        t.add_row(r["mode"], impl, f"{r['batch']} x {r['steps']}", f"{r['seconds']:.3f}",
                   f"{r['peak_memory_mib']:.0f}",
                   f"{r['speedup_vs_per_edge']:.1f}x" if "speedup_vs_per_edge" in r else "-",
+                  f"{r['speedup_vs_flyvis']:.1f}x" if "speedup_vs_flyvis" in r else "-",
                   f"{diff:.1e}" if diff is not None else "-")  # fmt: skip
     Console(width=max(Console().width, 120)).print(t)
 

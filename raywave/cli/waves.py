@@ -59,8 +59,10 @@ def simulate(
     brian2_target: str = typer.Option(None, help="numpy, cython or cpp_standalone (brian2 backend)"),
     device: str = typer.Option(None, help="torch device: auto, cpu, cuda, cuda:N"),
     precision: str = typer.Option(None, help="torch precision: float32 or float64"),
-    compile: str = typer.Option(None, "--compile", help="torch.compile the step: auto, on, off"),
-    threads: int = typer.Option(None, help="CPU threads for torch"),
+    compile: str = typer.Option(
+        None, "--compile", help="step path: auto (native C++ kernel on the CPU), native, on (torch.compile), off"
+    ),
+    threads: int = typer.Option(None, help="CPU threads for torch and the native kernel"),
     size: int = typer.Option(None, help="square lattice side (sets height and width)"),
     height: int = typer.Option(None, help="lattice rows"),
     width: int = typer.Option(None, help="lattice columns"),
@@ -175,24 +177,22 @@ def analyze(
 
 @app.command()
 def snapshot(
-    run: Path = typer.Argument(..., help="run directory"),
+    run: Path = typer.Argument(..., help="run directory, or a dataset's simulation (DATASET/simulations/ID)"),
     every_s: float = typer.Option(15.0, help="seconds between snapshots"),
     out: Path = typer.Option(None, help="PNG path (default RUN/figures/snapshots.png)"),
 ) -> None:
     """Calcium snapshots every EVERY_S seconds (blue low -> red high), the poster's Figure 1."""
     from raywave.viz.waves import save_snapshots
-    from raywave.waves.store import RunStore
 
     _positive("--every-s", every_s)
     out = check_output(out or Path(run) / "figures" / "snapshots.png", kind="file")
-    store = RunStore(run)
-    path = save_snapshots(store.frames("C"), store.times(), out, every_s)
+    path = save_snapshots(*_calcium_and_times(run), out, every_s)
     console.print(f"wrote {path}")
 
 
 @app.command()
 def movie(
-    run: Path = typer.Argument(..., help="run directory"),
+    run: Path = typer.Argument(..., help="run directory, or a dataset's simulation (DATASET/simulations/ID)"),
     fmt: str = typer.Option("gif", "--format", help="gif or mp4 (mp4 needs ffmpeg)"),
     fps: int = typer.Option(20, help="frames per second of the movie"),
     stride: int = typer.Option(1, help="use every STRIDE-th frame"),
@@ -200,16 +200,29 @@ def movie(
 ) -> None:
     """A movie of the calcium frames."""
     from raywave.viz.waves import save_movie
-    from raywave.waves.store import RunStore
 
     if fps < 1 or stride < 1:
         raise ConfigError("--fps and --stride must be >= 1")
     if fmt not in ("gif", "mp4"):
         raise ConfigError(f"--format {fmt!r} is not supported; choose gif or mp4")
     out = check_output(out or Path(run) / "figures" / f"movie.{fmt}", kind="file")
-    store = RunStore(run)
-    path = save_movie(store.frames("C"), store.times(), out, fps, stride)
+    path = save_movie(*_calcium_and_times(run), out, fps, stride)
     console.print(f"wrote {path}")
+
+
+def _calcium_and_times(run: Path):
+    """(calcium frames, times) of a `waves simulate` run, or of one simulation of a wave dataset
+    (DATASET/simulations/<id>, as written by `waves generate`)."""
+    run = Path(run)
+    if (run / "manifest.json").is_file() and (run.parent.parent / "dataset.json").is_file():
+        from raywave.data.rw_dataset import RWDataset
+
+        sim = RWDataset(str(run.parent.parent)).simulation(run.name)
+        return sim.calcium(), sim.times()
+    from raywave.waves.store import RunStore
+
+    store = RunStore(run)
+    return store.frames("C"), store.times()
 
 
 @app.command("scan-ga")

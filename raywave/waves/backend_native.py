@@ -2,8 +2,8 @@
 
 One call advances the lattice many steps (a whole frame interval) with OpenMP over rows; the state stays in
 cache between steps. The formulas, constants (`backend_torch.step_constants`) and the counter-based noise are
-those of the torch step, so trajectories agree with it: float64 to rounding (libm), float32 within its stated
-tolerance (tests/test_waves_native.py). `python -m raywave.waves.backend_native` builds it ahead of use
+those of the torch step, so trajectories agree with it: float64 to rounding (glibc's libm, vectorised through
+libmvec where it exists), float32 within its stated tolerance (tests/test_waves_native.py). `python -m raywave.waves.backend_native` builds it ahead of use
 (`make setup` does).
 """
 
@@ -13,7 +13,7 @@ import ctypes
 import sys
 from pathlib import Path
 
-from raywave.native import Build, NativeUnavailable, load
+from raywave.native import DEFAULT_FLAGS, Build, NativeUnavailable, load
 
 SOURCE = Path(__file__).with_name("sac_kernel.cpp")
 NAME = "raywave-sac"
@@ -29,11 +29,16 @@ def library(cache: str | Path | None = None) -> tuple[ctypes.CDLL, Build]:
     global _loaded
     if _loaded is not None and cache is None:
         return _loaded
-    lib, b = load(SOURCE, NAME, cache=cache)
+    try:  # float64 through glibc's vector math library (libmvec) where there is one
+        lib, b = load(SOURCE, NAME, flags=(*DEFAULT_FLAGS, "-DRW_LIBMVEC"), libs=("-lmvec", "-lm"), cache=cache)
+    except NativeUnavailable as e:
+        if "no C++ compiler" in str(e):
+            raise
+        lib, b = load(SOURCE, NAME, cache=cache)  # scalar libm
     for fn in (lib.rw_sac_run_f32, lib.rw_sac_run_f64):
         fn.argtypes, fn.restype = _ARGS, ctypes.c_int
     lib.rw_sac_consts.restype = ctypes.c_int
-    lib.rw_peak_flops.argtypes = [ctypes.c_int64, ctypes.c_int, ctypes.c_int]
+    lib.rw_peak_flops.argtypes = [ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_double]
     lib.rw_peak_flops.restype = ctypes.c_double
     if lib.rw_sac_consts() != N_CONSTANTS:
         raise NativeUnavailable(f"{b.path} expects {lib.rw_sac_consts()} constants, not {N_CONSTANTS}; delete it")
@@ -84,7 +89,7 @@ def peak_flops(threads: int, double: bool = False, seconds: float = 0.2) -> floa
     iters = 1 << 16
     while True:
         t0 = time.perf_counter()
-        flops = lib.rw_peak_flops(iters, threads, int(double))
+        flops = lib.rw_peak_flops(iters, threads, int(double), 0.999)
         dt = time.perf_counter() - t0
         if dt >= seconds or iters >= 1 << 34:
             return flops / dt

@@ -4,8 +4,9 @@
 //
 // Same formulas in the same order as the torch step (tests/test_waves_native.py compares them), and the same
 // counter-based noise (raywave/waves/noise.py: lowbias32 hashes of (seed, step, cell), Box-Muller).
-// float64 calls libm (exp, log, cos, sqrt) for every transcendental function. float32 uses the inline,
-// vectorisable exp/log/cos below (Cephes-style, a few ulp of float32), so the compiler can vectorise the row loop.
+// float64 calls glibc's libm for every transcendental function: its vector variants (libmvec, AVX2: 4 cells per
+// call, at most 4 ulp as glibc documents them) when built with RW_LIBMVEC, else the scalar exp/log/cos. float32
+// uses the inline, vectorisable exp/log/cos below (Cephes-style, a few ulp of float32).
 // The hA field lives in two zero-padded (H+2)x(W+2) buffers (read old, write new, swap), so the neighbour sum has
 // no branches; periodic lattices fill the halo after each step.
 #include <cmath>
@@ -14,6 +15,19 @@
 #include <vector>
 
 #define RW_INLINE static inline __attribute__((always_inline))
+
+#ifdef RW_LIBMVEC
+// Declare the SIMD variants of exp, log and cos (glibc's <math.h> does so only under -ffast-math), so that the
+// float64 loop vectorises with calls into libmvec; link with -lmvec.
+extern "C" {
+#pragma omp declare simd notinbranch
+double exp(double) noexcept;
+#pragma omp declare simd notinbranch
+double log(double) noexcept;
+#pragma omp declare simd notinbranch
+double cos(double) noexcept;
+}
+#endif
 
 namespace {
 
@@ -230,6 +244,20 @@ int dispatch(T* V, T* n, T* C, T* S, T* R, T* A, T* hA, const uint32_t* cells, c
   return 0;
 }
 
+template <typename T, int N>
+double fma_chains(int64_t iters, T a) {
+  T acc[N];
+  for (int j = 0; j < N; ++j) acc[j] = a * T(j + 1);
+  const T b = T(1) - a;
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma omp simd
+    for (int j = 0; j < N; ++j) acc[j] = acc[j] * a + b;
+  }
+  T s = 0;
+  for (int j = 0; j < N; ++j) s += acc[j];
+  return (s == s ? 2.0 : 0.0) * N * double(iters);
+}
+
 }  // namespace
 
 extern "C" {
@@ -251,34 +279,13 @@ int rw_sac_run_f64(double* V, double* n, double* C, double* S, double* R, double
 }
 
 // Peak fused multiply-add rate of this machine: `threads` threads, each 10 independent chains of 8-wide float
-// (or 4-wide double) FMAs for `iters` rounds. Returns floating-point operations done (2 per lane per FMA); the
-// caller times the call. Used by `raywave bench waves` to estimate the arithmetic limit.
-double rw_peak_flops(int64_t iters, int threads, int use_double) {
+// (or 4-wide double) FMAs for `iters` rounds; `a` (close to 1) comes from the caller so that nothing folds at
+// compile time. Returns the floating-point operations done (2 per lane per FMA); the caller times the call.
+// Used by `raywave bench waves` to measure the clock behind its arithmetic limit.
+double rw_peak_flops(int64_t iters, int threads, int use_double, double a) {
   double total = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : total)
-  {
-    if (use_double) {
-      double acc[40];
-      for (int j = 0; j < 40; ++j) acc[j] = 1.0 + j * 1e-3;
-      for (int64_t i = 0; i < iters; ++i) {
-#pragma omp simd
-        for (int j = 0; j < 40; ++j) acc[j] = acc[j] * 0.9999999 + 1e-7;
-      }
-      double s = 0;
-      for (int j = 0; j < 40; ++j) s += acc[j];
-      total += (s != 0 ? 1.0 : 0.0) * 2.0 * 40.0 * double(iters);
-    } else {
-      float acc[80];
-      for (int j = 0; j < 80; ++j) acc[j] = 1.0f + j * 1e-3f;
-      for (int64_t i = 0; i < iters; ++i) {
-#pragma omp simd
-        for (int j = 0; j < 80; ++j) acc[j] = acc[j] * 0.9999999f + 1e-7f;
-      }
-      float s = 0;
-      for (int j = 0; j < 80; ++j) s += acc[j];
-      total += (s != 0 ? 1.0 : 0.0) * 2.0 * 80.0 * double(iters);
-    }
-  }
+  total += use_double ? fma_chains<double, 40>(iters, a) : fma_chains<float, 80>(iters, float(a));
   return total;
 }
 
