@@ -67,6 +67,37 @@ def test_launcher_layout_auth_storage_and_setup(name):
     assert ray.__version__ in cfg["docker"]["image"]
 
 
+SHARED_FS = {  # launcher -> (NFS options the provider recommends, the placeholder source of the shared file system)
+    "aws.yaml": ("nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport",
+                 "fs-YOUR-EFS-ID.efs.us-west-2.amazonaws.com:/"),
+    "gcp.yaml": ("rw,hard,intr", "YOUR-FILESTORE-IP:/raywave"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_FS))
+def test_launcher_mounts_a_shared_file_system_at_data(name):
+    """Sweeps and fly ensembles need a POSIX file system every node shares: the host mounts it at /data before
+    the container starts (initialization_commands), and Ray's own `docker run` passes it into the container."""
+    from ray.autoscaler._private.docker import docker_start_cmds
+
+    cfg = _launcher(name)
+    options, source = SHARED_FS[name]
+    init = cfg["initialization_commands"]
+    mounts = [c for c in init if " mount " in f" {c} " and "/data" in c]
+    assert len(mounts) == 1 and mounts[0].startswith("mountpoint -q /data ||")  # idempotent on a re-run `ray up`
+    assert f"-o {options} {source} /data" in " ".join(mounts[0].split())
+    assert any("nfs-common" in c for c in init) and init.index("sudo mkdir -p /data") < init.index(mounts[0])
+    assert any("chown 1000:100 /data/raywave" in c for c in init[init.index(mounts[0]) :])  # the container's `ray`
+    assert "-v /data:/data" in cfg["docker"]["run_options"]
+    for node_type in cfg["available_node_types"].values():  # no node type replaces the options that mount it
+        assert "run_options" not in node_type.get("docker", {}) and "worker_run_options" not in node_type.get(
+            "docker", {}
+        )
+    run = docker_start_cmds("ubuntu", cfg["docker"]["image"], {}, "ray_container", cfg["docker"]["run_options"],
+                            cfg["cluster_name"], "/home/ray", "docker")  # fmt: skip
+    assert " -v /data:/data " in f" {run} "
+
+
 def _manifests() -> dict[str, dict]:
     return {p.name: yaml.safe_load(p.read_text()) for p in sorted(KUBERAY.glob("*.yaml"))}
 
