@@ -73,8 +73,11 @@ def _write_yaml(path: Path, data: dict) -> None:
 
 def stages(out: Path, tiny: bool, configs: dict[str, Path]) -> list[Stage]:
     """The demo's stages in order. `tiny` is the test profile: the same commands on smaller configs."""
+    from raywave.data.sweep_config import load_sweep
+
     p = "tiny" if tiny else "demo"
     o = str(out)
+    sim = f"{o}/rw-dataset/simulations/{load_sweep(example(f'sweep-{p}.yaml'))[1][-1].sim_id}"  # the last: gA 0.03
     nfp: list[Stage] = []
     for name, path in configs.items():
         if name.startswith("nfp-"):
@@ -92,6 +95,12 @@ def stages(out: Path, tiny: bool, configs: dict[str, Path]) -> list[Stage]:
               "rw-dataset/triplets"),
         Stage("card", "Dataset card (with example triplets)", ("data", "describe", f"{o}/rw-dataset"),
               "rw-dataset/card"),
+        Stage("snapshots", "Calcium snapshots of one simulation of the sweep",
+              ("waves", "snapshot", sim, "--every-s", "4", "--out", f"{o}/figures/snapshots/snapshots.png"),
+              "figures/snapshots"),
+        Stage("movie", "The same simulation as a movie",
+              ("waves", "movie", sim, "--stride", "2", "--fps", "10", "--out", f"{o}/figures/movie/movie.gif"),
+              "figures/movie"),
         *nfp,
         Stage("transfer", "Transfer sweep (Ray Tune over `ofe train`)",
               ("sweep", "transfer", "--config", str(configs["sweep"]), "--out", f"{o}/sweep", "--no-report"),

@@ -157,6 +157,12 @@ class Simulation:
             )
         return data
 
+    def times(self) -> np.ndarray:
+        """Frame times (s, simulation clock) as stored next to the frames."""
+        self.check_size()
+        table = pq.read_table(self.frames_path, columns=["time_s"], filesystem=self.loc.fs)
+        return table.column("time_s").to_numpy()
+
     def calcium(self) -> np.ndarray:
         """Calcium (nM) as float32 (n, H, W)."""
         offset, scale = self.manifest["calcium_offset"], self.manifest["calcium_scale"]
