@@ -22,7 +22,7 @@ from .conftest import ROOT
 CLUSTER = ROOT / "cluster"
 KUBERAY = CLUSTER / "kuberay"
 SCHEMA = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
-BUCKET = "s3://YOUR-BUCKET/raywave"  # the launcher clusters' storage in jobs/README.md; /data on KubeRay
+BUCKET = "s3://YOUR-BUCKET/raywave"  # the launcher clusters' bucket in jobs/README.md; /data/raywave on KubeRay
 IMAGES = {"cpu": "ghcr.io/YOUR-ORG/raywave:2.60.0-cpu", "gpu": "ghcr.io/YOUR-ORG/raywave:2.60.0-gpu"}
 RAYJOBS = {"rayjob-generate.yaml": "waves-generate", "rayjob-transfer-sweep.yaml": "sweep-transfer",
            "rayjob-fly-ensemble.yaml": "fly-ensemble-train"}  # fmt: skip
@@ -170,7 +170,9 @@ def test_rayjobs_run_the_documented_entrypoints(name, stage):
     spec = job["spec"]
     assert job["kind"] == "RayJob" and spec["shutdownAfterJobFinishes"]
     documented = _readme_entrypoints()[stage]
-    assert spec["entrypoint"] == documented.replace(BUCKET, "/data")  # the same command, storage on /data
+    assert spec["entrypoint"] == documented.replace(BUCKET, "/data/raywave")  # the same command, on the volume
+    if stage != "waves-generate":  # sweeps and ensembles are on the shared volume in the documented line itself
+        assert spec["entrypoint"] == documented and " /data/raywave/" in documented
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     stage_env = yaml.safe_load((ROOT / "jobs" / f"{stage}.yaml").read_text())
     assert runtime_env["env_vars"] == stage_env["env_vars"]

@@ -65,7 +65,7 @@ def stop_own_ray(head: subprocess.Popen, marker: str) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             head.wait(30)
     with_marker = _processes_with(marker)
-    for sig_target in ([("group", head.pid)] + [("pid", p) for p in with_marker]):
+    for sig_target in [("group", head.pid)] + [("pid", p) for p in with_marker]:
         kind, pid = sig_target
         with contextlib.suppress(ProcessLookupError, PermissionError):
             (os.killpg if kind == "group" else os.kill)(pid, signal.SIGKILL)
@@ -230,14 +230,49 @@ def test_one_line_errors_without_a_cluster(tmp_path):
 
 # ---- jobs/: every runtime env is valid and every documented submit line parses against the CLI -------------
 
-# LEAD: stages other helpers are building while this was written; empty this set once they are all registered.
-PENDING = {"nfp pretrain", "ofe train", "sweep transfer", "fly ensemble train"}
+# Where submit lines are documented: markdown code blocks (a trailing backslash continues a line) and the header
+# comments of the runtime envs in jobs/ (the same, after "# ").
+DOC_FILES = ["jobs/README.md", "cluster/README.md", "README.md", *sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md") if p.name != "cli.md")]  # fmt: skip
+SHARED_FS_STAGES = {"sweep transfer": "out", "sweep nfp": "out", "sweep analyze": "sweep", "fly ensemble train": "root",
+                    "fly ensemble validate": "root", "fly ensemble view": "root"}  # fmt: skip
+BUCKETS = ("s3://YOUR-BUCKET/raywave/", "gs://YOUR-BUCKET/raywave/")
+
+
+def _logical_lines(text: str, comments: bool) -> list[str]:
+    """`raywave job submit ...` / `ray job submit ...` lines with their backslash continuations joined."""
+    out, current = [], None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if comments:
+            if not line.startswith("#"):
+                current = None
+                continue
+            line = line[1:].strip()
+        if current is None and not line.startswith(("raywave job submit", "ray job submit")):
+            continue
+        current = f"{current} {line}" if current is not None else line
+        if current.endswith("\\"):
+            current = current[:-1].rstrip()
+        else:
+            out.append(current)
+            current = None
+    return out
+
+
+def documented_submits() -> list[tuple[str, list[str]]]:
+    """(where, argv with its program: `raywave` or `ray`) of every documented submit line."""
+    found = []
+    for rel in DOC_FILES:
+        found += [(rel, ln) for ln in _logical_lines((ROOT / rel).read_text(), comments=False)]
+    for path in sorted((ROOT / "jobs").glob("*.yaml")):
+        found += [(f"jobs/{path.name}", ln) for ln in _logical_lines(path.read_text(), comments=True)]
+    return [(where, shlex.split(line, comments=True)) for where, line in found]
 
 
 def submit_lines() -> list[list[str]]:
     """The `raywave job submit ...` lines of jobs/README.md as argv lists (after `raywave`)."""
-    text = (ROOT / "jobs" / "README.md").read_text()
-    return [shlex.split(ln)[1:] for ln in text.splitlines() if ln.startswith("raywave job submit")]
+    return [argv[1:] for where, argv in documented_submits() if where == "jobs/README.md" and argv[0] == "raywave"]
 
 
 def resolve_command(argv: list[str]):
@@ -256,6 +291,36 @@ def resolve_command(argv: list[str]):
     return cmd, argv, " ".join(names)
 
 
+def parse_submit(argv: list[str]) -> tuple[str, list[str]]:
+    """(runtime env file, entrypoint argv) of `raywave job submit ...` (parsed by the real CLI) or of
+    `ray job submit ...`; a line of submit_lines() is taken as a raywave one."""
+    if argv[0] != "ray":
+        cmd, rest, _ = resolve_command(argv[1:] if argv[0] == "raywave" else argv)
+        ctx = cmd.make_context("raywave job submit", rest)  # parses options exactly as the CLI would
+        return ctx.params["runtime_env"], list(ctx.params["entrypoint"])
+    assert argv[1:3] == ["job", "submit"], argv
+    return argv[argv.index("--runtime-env") + 1], argv[argv.index("--") + 1 :]
+
+
+def check_storage(name: str, params: dict) -> None:
+    """What the command can write to: sweeps and ensembles a path on the shared file system (the product's own
+    check refuses a URI); `ofe train` on a URI only with real data roots on /data, and `--nfp` a path."""
+    from raywave.io import check_shared_path
+
+    if name in SHARED_FS_STAGES:
+        value = str(params[SHARED_FS_STAGES[name]])
+        check_shared_path(value, SHARED_FS_STAGES[name], "the documented line needs a path", "/data/raywave/...")
+        assert value.startswith("/data/raywave/"), f"{name}: {value} is not on the cluster's shared file system"
+    if name == "ofe train":
+        assert "://" not in (params["nfp"] or ""), "ofe train --nfp reads a path, not a URI"
+        if "://" in (params["out"] or ""):
+            assert params["chairs_root"] and params["sintel_root"], "a URI --out needs real data roots"
+            assert params["chairs_root"].startswith("/data/") and params["sintel_root"].startswith("/data/")
+    for value in params.values():
+        if isinstance(value, str) and "://" in value:
+            assert value.startswith(BUCKETS), f"{value}: the documented bucket is s3:// or gs://YOUR-BUCKET/raywave"
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
 def test_runtime_envs_are_valid(path):
     from raywave.jobs import load_runtime_env
@@ -265,16 +330,35 @@ def test_runtime_envs_are_valid(path):
     assert "RAY_AUTH_MODE" not in env["env_vars"]  # authentication is the cluster's, never switched per job
 
 
-@pytest.mark.parametrize("argv", submit_lines(), ids=lambda a: a[a.index("raywave", 3) + 1] + "-" + a[-1][-12:])
-def test_documented_submit_lines_parse(argv):
-    cmd, rest, _ = resolve_command(argv)
-    ctx = cmd.make_context("raywave job submit", rest)  # parses options exactly as the CLI would
-    runtime_env, entrypoint = ctx.params["runtime_env"], ctx.params["entrypoint"]
-    assert (ROOT / runtime_env).is_file() and entrypoint[:3] == ["python", "-m", "raywave"]
+SUBMITS = documented_submits()
+
+
+@pytest.mark.parametrize("where,argv", SUBMITS, ids=[f"{w}:{i}" for i, (w, _) in enumerate(SUBMITS)])
+def test_documented_submit_lines_parse(where, argv):
+    """Every documented submit line: the submit options and the stage's options parse with the real CLI, the
+    runtime env and the config files it names exist, and its storage is of a kind the stage can write."""
+    runtime_env, entrypoint = parse_submit(argv)
+    assert (ROOT / runtime_env).is_file() and entrypoint[:3] == ["python", "-m", "raywave"], (where, argv)
     stage, stage_argv, name = resolve_command(entrypoint[3:])
-    if stage is None:
-        assert name in PENDING, f"{name!r} is not a raywave command"
-        pytest.skip(f"LEAD: `raywave {name}` is not registered yet; verify this line once it is")
-    stage.make_context(f"raywave {name}", stage_argv)
-    assert name.replace(" ", "-") in str(runtime_env)
-    assert len(submit_lines()) >= 6
+    assert stage is not None, f"{where}: {name!r} is not a raywave command"
+    ctx = stage.make_context(f"raywave {name}", stage_argv)
+    assert name.replace(" ", "-") in str(runtime_env), (where, name, runtime_env)
+    for word in entrypoint:
+        if word.startswith("examples/"):  # the config files a line names exist (in the uploaded working dir)
+            assert (ROOT / word).is_file(), (where, word)
+    check_storage(name, ctx.params)
+
+
+def test_every_stage_has_its_submit_line():
+    """jobs/README.md has a line per stage env, and each env's header line runs the same command."""
+    readme = {}
+    for argv in submit_lines():
+        env, entrypoint = parse_submit(argv)
+        readme[Path(env).stem] = entrypoint
+    assert len(readme) >= 7 and {p.stem for p in (ROOT / "jobs").glob("*.yaml")} - set(readme) == {"runtime_env"}
+    for where, argv in SUBMITS:
+        if where.startswith("jobs/") and where.endswith(".yaml"):
+            env, entrypoint = parse_submit(argv)
+            assert f"jobs/{Path(env).name}" == where and entrypoint == readme[Path(env).stem], where
+    sweeps_and_ensembles = [a for _, a in SUBMITS if {"sweep", "ensemble"} & set(parse_submit(a)[1][3:5])]
+    assert len(sweeps_and_ensembles) >= 6  # README, jobs/, cluster/, docs/: all checked above
