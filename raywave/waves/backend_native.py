@@ -3,8 +3,8 @@
 One call advances the lattice many steps (a whole frame interval) with OpenMP over rows; the state stays in
 cache between steps. The formulas, constants (`backend_torch.step_constants`) and the counter-based noise are
 those of the torch step, so trajectories agree with it: float64 to rounding (glibc's libm, vectorised through
-libmvec where it exists), float32 within its stated tolerance (tests/test_waves_native.py). `python -m raywave.waves.backend_native` builds it ahead of use
-(`make setup` does).
+libmvec where it exists), float32 within its stated tolerance (tests/test_waves_native.py).
+`python -m raywave.waves.backend_native` builds it ahead of use (`make setup` does).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ NAME = "raywave-sac"
 N_CONSTANTS = 31  # len(backend_torch.CONSTANTS); the library checks its own count at load
 
 _P = ctypes.c_void_p
-_ARGS = [_P] * 9 + [ctypes.c_int] * 5 + [ctypes.c_uint32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+_ARGS = [_P] * 9 + [ctypes.c_int] * 4 + [ctypes.c_uint32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
 _loaded: tuple[ctypes.CDLL, Build] | None = None
 
 
@@ -66,7 +66,6 @@ class NativeStepper:
         self.cells = cells.contiguous()
         self.seed_key = seed_key & 0xFFFFFFFF
         self.threads = threads
-        self.noise = int(cfg.params.sigma > 0)
         self._run = self.lib.rw_sac_run_f64 if consts.dtype == torch.float64 else self.lib.rw_sac_run_f32
 
     def advance(self, ts, step0: int, n_steps: int) -> None:
@@ -75,8 +74,9 @@ class NativeStepper:
             if not t.is_contiguous() or t.dtype != self.consts.dtype or t.device.type != "cpu":
                 raise ValueError("native kernel: state tensors must be contiguous CPU tensors of the constants' dtype")
         ptrs = [t.data_ptr() for t in ts] + [self.cells.data_ptr(), self.consts.data_ptr()]
-        rc = self._run(*ptrs, cfg.height, cfg.width, cfg.neighbours, int(cfg.boundary == "periodic"), self.noise,
-                       self.seed_key, step0, n_steps, self.threads)  # fmt: skip
+        periodic = int(cfg.boundary == "periodic")
+        rc = self._run(*ptrs, cfg.height, cfg.width, cfg.neighbours, periodic, self.seed_key, step0, n_steps,
+                       self.threads)  # fmt: skip
         if rc != 0:
             raise RuntimeError(f"native SAC kernel refused the call (code {rc}) for {cfg.height}x{cfg.width}")
 

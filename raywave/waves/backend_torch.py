@@ -35,6 +35,11 @@ State = dict[str, np.ndarray]
 AUTO_COMPILE_STEPS = 200_000
 
 
+#: The native kernel synchronises its threads once per step (~0.5-1 us); below this many cells per thread the
+#: wait costs more than the thread saves, so small lattices run on fewer threads unless `threads` is given.
+NATIVE_CELLS_PER_THREAD = 1024
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -192,7 +197,7 @@ class TorchBackend:
         if self.path == "native":
             from raywave.waves.backend_native import NativeStepper
 
-            threads = cfg.threads or torch.get_num_threads()
+            threads = cfg.threads or min(torch.get_num_threads(), max(1, cfg.n_cells // NATIVE_CELLS_PER_THREAD))
             self._native = NativeStepper(cfg, self.consts, self.cells, seed, threads)
             return
         step = make_step(cfg, self.noise)
