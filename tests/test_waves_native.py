@@ -43,9 +43,10 @@ def _run(precision: str, compile_: str, duration_s: float = 0.1, size: tuple[int
     return backend, frames, final
 
 
-@pytest.mark.parametrize(
-    "neighbours,boundary,sigma", [(4, "zero_flux", 5.0), (8, "zero_flux", 5.0), (4, "periodic", 5.0), (8, "periodic", 0.0)]
-)
+CASES = [(4, "zero_flux", 5.0), (8, "zero_flux", 5.0), (4, "periodic", 5.0), (8, "periodic", 0.0)]
+
+
+@pytest.mark.parametrize("neighbours,boundary,sigma", CASES)
 def test_native_float64_matches_torch(neighbours, boundary, sigma):
     """1,000 steps with strong coupling (and noise, or none): the native kernel is the torch step to rounding."""
     extra = dict(neighbours=neighbours, boundary=boundary, params={"gA": 0.3, "Iext": 2.0, "sigma": sigma})
