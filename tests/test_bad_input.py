@@ -167,6 +167,9 @@ CASES = [
     ("ensemble-validate-root-gs", "fly ensemble validate flow/0000 --root gs://b/fly", "'gs://b/fly' is a URI"),
     ("ensemble-view-root-file", "fly ensemble view flow/0000 --root file:///tmp/fly", "'file:///tmp/fly' is a URI"),
     ("ensemble-view-out-uri", "fly ensemble view flow/0000 --root {ws} -o s3://bucket/v", "'s3://bucket/v' is a URI"),
+    ("ofe-nfp-uri", "ofe train --strategy finetune --nfp s3://b/nfp --variant small --workers 0 --out {ws}/ofe-x",
+     "--nfp 's3://b/nfp' is a URI"),
+    ("demo-out-uri", "demo --out s3://bucket/demo", "--out 's3://bucket/demo' is a URI"),
 ]
 
 

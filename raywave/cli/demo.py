@@ -20,6 +20,9 @@ def demo(
     stage continues where it stopped. Ends with the path of OUT/index.html, a page of every stage's figures.
     """
     from raywave.demo import run_demo
+    from raywave.io import check_shared_path
 
+    check_shared_path(out, "--out", "the demo's stages write their folders through the file system",
+                      "/data/raywave/demo")  # fmt: skip
     index = run_demo(out, tiny=tiny, say=lambda text: console.print(text, highlight=False, soft_wrap=True))
     console.print(f"[green]demo finished:[/] {index.resolve()}", highlight=False, soft_wrap=True)

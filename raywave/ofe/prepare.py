@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from raywave.errors import RaywaveError
-from raywave.io import sha256_file
+from raywave.io import check_shared_path, sha256_file
 from raywave.models.transfer import TransferReport
 from raywave.ofe.config import OFETrainConfig, StageConfig
 from raywave.ofe.data import check_roots, check_stage, data_roots, fraction_subset, stage_datasets, synthetic_root
@@ -55,6 +55,8 @@ def check_nfp(cfg: OFETrainConfig) -> tuple[str | None, str | None, TransferRepo
         if cfg.nfp:
             report.notes.append("scratch copies nothing: --nfp is not used")
         return None, None, report
+    check_shared_path(cfg.nfp, "--nfp", "every training worker reads the NFP checkpoint through the file system",
+                      "/data/raywave/runs/nfp-basic-8")  # fmt: skip
     path = nfp_checkpoint_path(cfg.nfp)
     state = read_nfp(cfg.nfp, cfg.variant)
     report = build_model(cfg, state)[1]

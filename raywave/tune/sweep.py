@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from raywave.errors import ConfigError, RaywaveError
-from raywave.io import write_json_atomic, write_text_atomic
+from raywave.io import check_shared_path, write_json_atomic, write_text_atomic
 from raywave.runtime import ray_session
 from raywave.tune.spec import NFPSweep, Resources, TransferSweep, TrialSpec, nfp_settings, nfp_trials, transfer_trials
 
@@ -200,6 +200,8 @@ def run_transfer(sweep_file: Path, out: Path | None, address: str | None, log=pr
     sweep = _load(TransferSweep, sweep_file)
     out = Path(out or Path("runs") / f"sweep-{sweep.name or sweep_file.stem}").absolute()
     store = sweep.nfp_store or str(out.parent / "nfp-store")
+    check_shared_path(store, "nfp_store", "the sweep's trials read the NFP runs there through the file system",
+                      "/data/raywave/nfp-store")  # fmt: skip
     settings = nfp_settings(sweep, str(Path(store).absolute()))
     trials = transfer_trials(sweep, settings)
     return _run("transfer", sweep, trials, out, address, log, analyze, settings)
