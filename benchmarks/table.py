@@ -78,18 +78,28 @@ def main(path: str) -> None:
         fly_table(res)
         return
     m = res["machine"]
+    load = f"; load average {res['load_average_1min']:.1f} at the start" if "load_average_1min" in res else ""
     print(
         f"Machine: {m['cpus']} CPUs ({m['cpu']}), torch threads {m['torch_threads']}, GPU: {m['gpu'] or 'none'}; "
-        f"{res['date']}; {res['model']}.\n"
+        f"{res['date']}; {res['model']}{load}.\n"
     )
-    print("| backend | lattice | ns / cell-step | cell-steps / s | x Brian2 cpp_standalone (1 thread) | warm-up s |")
-    print("|---|---|---|---|---|---|")
+    print("| backend | lattice | threads | ns / cell-step | limit ns | % of limit | cell-steps / s | "
+          "x Brian2 cpp_standalone (1 thread) | warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in res["rows"]:
-        ratio = r["speedup_vs_brian2_cpp_standalone_1thread"]
+        ratio, lim, frac = (r["speedup_vs_brian2_cpp_standalone_1thread"], r.get("limit_ns_per_cell_step"),
+                            r.get("fraction_of_limit"))
         print(
-            f"| {r['backend']} | {r['lattice']} | {r['ns_per_cell_step']:.1f} | {r['cell_steps_per_s']:.3g} | "
+            f"| {r['backend']} | {r['lattice']} | {r.get('threads', '-')} | {r['ns_per_cell_step']:.2f} | "
+            f"{f'{lim:.2f}' if lim else '-'} | {f'{100 * frac:.0f}' if frac else '-'} | {r['cell_steps_per_s']:.3g} | "
             f"{ratio:.2f} | {r['warmup_seconds']:.1f} |"
         )
+    if res.get("native_build_seconds") is not None:
+        print(f"\nA fresh build of the native kernel took {res['native_build_seconds']:.1f} s (once per machine).")
+    lim = res.get("arithmetic_limit")
+    if lim:
+        print(f"Limit: {lim['cycles_per_cell_step']:.2f} cycles per cell-step (the native float32 loop's vector "
+              f"instructions on every pipe) at {lim['clock_ghz_from_fma_peak']:.2f} GHz (measured FMA peak).")
 
 
 if __name__ == "__main__":

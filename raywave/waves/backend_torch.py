@@ -226,10 +226,12 @@ class TorchBackend:
         if self.path == "native":
             self._native.advance(ts, step, cfg.steps_per_frame)
             return ts
+        # the step counter stays on the device: one host-to-device copy per frame, not per call (on CUDA each
+        # copy from pageable host memory would wait for the queued kernels)
+        step_t = torch.tensor(step, dtype=torch.int32, device=self.device)
         for _ in range(cfg.steps_per_frame // self.k):
-            step_t = torch.tensor(step, dtype=torch.int32, device=self.device)
             ts = list(self._multi_step(*ts, self.consts, self.cells, step_t))
-            step += self.k
+            step_t = step_t + self.k
         return ts
 
     def run_frames(
