@@ -11,6 +11,7 @@ the ratio is against K = 1 measured in the same run.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 
 from raywave.bench.machine import machine_info, time_best
@@ -43,7 +44,10 @@ def _measure(k: int, device: str, batch: int, steps: int, repeats: int, queue) -
         ens.clamp_()
 
     _, best, peak = time_best(step, dev, repeats)
-    queue.put({"seconds": best, "peak_memory_mib": peak})
+    from raywave.fly import kernel
+
+    queue.put({"seconds": best, "peak_memory_mib": peak,
+               "kernel": "native" if kernel.available(dev, x.dtype) else "torch"})  # fmt: skip
 
 
 def _in_process(*args) -> dict:
@@ -60,6 +64,7 @@ def run_benchmark(ks: list[int], device: str = "cpu", batch: int = 4, steps: int
                   rounds: int = 2, log=None) -> dict:  # fmt: skip
     """Per-model throughput for every K, fastest over `rounds` alternating fresh processes."""
     best: dict[int, dict] = {}
+    load_before = os.getloadavg()
     for r in range(rounds):
         for k in ks:
             if log:
@@ -72,9 +77,10 @@ def run_benchmark(ks: list[int], device: str = "cpu", batch: int = 4, steps: int
     rows = [{"models_per_pass": k, "batch": batch, "steps": steps, "step_seconds": best[k]["seconds"],
              "model_iterations_per_s": k / best[k]["seconds"],
              "per_model_vs_k1": (k / best[k]["seconds"]) / base if min(ks) == 1 else None,
-             "peak_memory_mib": best[k]["peak_memory_mib"]} for k in ks]  # fmt: skip
+             "peak_memory_mib": best[k]["peak_memory_mib"], "kernel": best[k]["kernel"]} for k in ks]  # fmt: skip
     import torch
 
     return {"benchmark": "ensemble", "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
             "device": device, "repeats": repeats, "rounds": rounds, "machine": machine_info(), "rows": rows,
+            "load_average_before": load_before, "load_average_after": os.getloadavg(),
             "goal": "K=8 per-model throughput >= 1.0x K=1 on CPU; K=50 >= 20x K=1 on a GPU"}  # fmt: skip

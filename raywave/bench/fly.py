@@ -1,25 +1,38 @@
-"""`raywave bench fly`: the fly network's forward and forward+decoder+backward against a per-edge baseline.
+"""`raywave bench fly`: the fly network's forward and forward+decoder+backward against a per-edge baseline and,
+given a flyvis environment, against flyvis 1.2.0 itself.
 
-Both implementations run the same dynamics on the published connectome (45,669 neurons, 1,513,231 edges) for
-batch 4 × 40 Euler steps in the same run: this project's sparse-matrix product with its hand-written adjoint, and
-the per-edge gather/scatter that flyvis 1.2.0 uses (index the source voltages of every edge, weight them, scatter-
-add into the targets, autograd through all of it). Each measurement runs in a fresh process, so its peak resident
-memory is its own. The voltages and gradients of the two are compared in the same run.
+All implementations run the same problem on the published connectome (45,669 neurons, 1,513,231 edges): batch 4
+x 40 Euler steps from rest. This project's network (`FlyNetwork`: the native kernel, or the torch sparse-product
+path where no compiler is found); the per-edge gather/scatter formulation that flyvis uses, written here (index
+the source voltages of every edge, weight them, scatter-add into the targets, autograd through all of it); and,
+with `flyvis_python`, flyvis' own `Network` + `DecoderGAVP` run by `benchmarks/flyvis_reference.py` in that
+interpreter (flyvis is never imported here). Every measurement runs in a fresh process, alternating between the
+implementations over `rounds`, so its peak resident memory is its own and a slow spell of a shared machine does
+not fall on one side only. The voltages and gradients of this project and the per-edge baseline are compared.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import os
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 
 from raywave.bench.machine import machine_info, time_best
+from raywave.errors import RaywaveError
 
 #: flyvis 1.2.0 on a 2-core machine of this kind (2 threads, batch 4 x 40 steps, dt 1/50), measured side by side
-#: with raywave in alternating fresh processes (design notes, 2026-12-01); not measured by this benchmark, and
-#: absolute seconds differ 2-3x between such machines, so compare only within one run.
+#: with raywave in alternating fresh processes (design notes, 2026-12-01); recorded only when flyvis is not timed in
+#: the run itself (absolute seconds differ 2-3x between such machines: compare only within one run).
 FLYVIS_CPU_S = {"forward": 0.98, "forward_backward": 2.65}
+#: where the flyvis side's script lies in a source checkout
+FLYVIS_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "flyvis_reference.py"
+#: flyvis steps take seconds: at most this many timed repetitions per flyvis process
+FLYVIS_MAX_REPEATS = 5
 
 
 def baseline_forward(net, x, v0, dt: float):
@@ -64,7 +77,7 @@ def _measure(impl: str, mode: str, device: str, batch: int, steps: int, repeats:
 
     def run():
         v0 = net.resting_state(batch).detach()
-        if impl == "sparse":
+        if impl == "raywave":
             return net(x, dt, v0)
         return baseline_forward(net, x, v0, dt)
 
@@ -82,7 +95,11 @@ def _measure(impl: str, mode: str, device: str, batch: int, steps: int, repeats:
 
     v, best, peak = time_best(step, dev, repeats)
     grads = [p.grad.double().cpu().numpy() for p in net.parameters()] if mode == "forward_backward" else []
-    queue.put({"seconds": best, "peak_memory_mib": peak, "voltages": v[:, -1].double().cpu().numpy(), "grads": grads})
+    from raywave.fly import kernel
+
+    path = "native" if kernel.available(dev, x.dtype) else "torch"
+    queue.put({"seconds": best, "peak_memory_mib": peak, "voltages": v[:, -1].double().cpu().numpy(), "grads": grads,
+               "kernel": path if impl == "raywave" else None})  # fmt: skip
 
 
 def _in_process(*args) -> dict:
@@ -95,51 +112,87 @@ def _in_process(*args) -> dict:
     return result
 
 
-def run_benchmark(
-    device: str = "cpu", batch: int = 4, steps: int = 40, repeats: int = 10, rounds: int = 2, log=None
-) -> dict:
-    """Each implementation runs in `rounds` fresh processes, alternating with the other (so that a slow spell of a
-    shared machine does not fall on one side only); the fastest repetition over all is reported, and the largest
-    peak memory."""
-    rows, ratios = [], {}
+def check_flyvis_python(python: str | Path) -> Path:
+    """The flyvis interpreter and the reference script exist (one line if not; checked before anything runs)."""
+    exe = Path(python).expanduser()
+    if not exe.is_file() or not os.access(exe, os.X_OK):
+        raise RaywaveError(f"--flyvis-python {python}: not an executable file; give the python of an environment "
+                           "with flyvis 1.2.0 (see benchmarks/flyvis_reference.py)")  # fmt: skip
+    if not FLYVIS_SCRIPT.is_file():
+        raise RaywaveError(f"{FLYVIS_SCRIPT} is missing: timing flyvis needs raywave's source checkout")
+    return exe
+
+
+def _flyvis_process(python: Path, mode: str, batch: int, steps: int, repeats: int, threads: int) -> dict:
+    """One flyvis measurement in a fresh process of the user's interpreter (benchmarks/flyvis_reference.py)."""
+    cmd = [str(python), str(FLYVIS_SCRIPT), "--mode", mode, "--batch", str(batch), "--steps", str(steps),
+           "--repeats", str(repeats), "--threads", str(threads)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=FLYVIS_SCRIPT.parent)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RaywaveError(f"timing flyvis with {python} failed: {last}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_benchmark(device: str = "cpu", batch: int = 4, steps: int = 40, repeats: int = 10, rounds: int = 2,
+                  log=None, flyvis_python: str | Path | None = None) -> dict:  # fmt: skip
+    """Each implementation runs in `rounds` fresh processes, alternating with the others; the fastest repetition
+    over all is reported, and the largest peak memory. flyvis (with `flyvis_python`, CPU only) runs at most
+    FLYVIS_MAX_REPEATS repetitions per process, with the same torch thread count as this project's processes."""
+    import torch
+
+    impls = ["raywave", "per_edge"]
+    flyvis = check_flyvis_python(flyvis_python) if flyvis_python else None
+    if flyvis is not None:
+        if device != "cpu":
+            raise RaywaveError("--flyvis-python times flyvis on the CPU; use --device cpu")
+        impls.append("flyvis")
+    threads = torch.get_num_threads()
+    load_before = os.getloadavg()
+    rows, ratios, flyvis_info = [], {}, None
     for mode in ("forward", "forward_backward"):
         res: dict[str, dict] = {}
         for r in range(rounds):
-            for impl in ("sparse", "per_edge"):
+            for impl in impls:
                 if log:
                     log(f"fly {mode} {impl} on {device}, round {r + 1}/{rounds} ...")
-                new = _in_process(impl, mode, device, batch, steps, repeats)
+                if impl == "flyvis":
+                    new = _flyvis_process(flyvis, mode, batch, steps, min(repeats, FLYVIS_MAX_REPEATS), threads)
+                    flyvis_info = {k: new[k] for k in ("flyvis", "torch", "torch_threads", "neurons", "edges",
+                                                      "free_network_parameters", "decoder_parameters",
+                                                      "torchvision_stand_in", "python")}  # fmt: skip
+                else:
+                    new = _in_process(impl, mode, device, batch, steps, repeats)
                 old = res.setdefault(impl, new)
                 old["seconds"] = min(old["seconds"], new["seconds"])
                 old["peak_memory_mib"] = max(old["peak_memory_mib"], new["peak_memory_mib"])
-        v_err = float(np.abs(res["sparse"]["voltages"] - res["per_edge"]["voltages"]).max()
-                      / np.abs(res["per_edge"]["voltages"]).max())  # fmt: skip
-        g_err = max(
-            (
-                float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-                for a, b in zip(res["sparse"]["grads"], res["per_edge"]["grads"], strict=True)
-            ),
-            default=None,
-        )
-        ratios[mode] = res["per_edge"]["seconds"] / res["sparse"]["seconds"]
-        for impl in ("sparse", "per_edge"):
-            rows.append(
-                {
-                    "mode": mode,
-                    "impl": impl,
-                    "batch": batch,
-                    "steps": steps,
-                    "seconds": res[impl]["seconds"],
-                    "peak_memory_mib": res[impl]["peak_memory_mib"],
-                }
-            )
-        rows[-2].update(speedup_vs_per_edge=ratios[mode], max_rel_voltage_diff=v_err, max_rel_grad_diff=g_err)
-    import torch
-
-    return {
+        ours, base = res["raywave"], res["per_edge"]
+        v_err = float(np.abs(ours["voltages"] - base["voltages"]).max() / np.abs(base["voltages"]).max())
+        g_err = max((float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+                     for a, b in zip(ours["grads"], base["grads"], strict=True)), default=None)  # fmt: skip
+        ratios[mode] = base["seconds"] / ours["seconds"]
+        for impl in impls:
+            rows.append({"mode": mode, "impl": impl, "batch": batch, "steps": steps, "seconds": res[impl]["seconds"],
+                         "peak_memory_mib": res[impl]["peak_memory_mib"]})  # fmt: skip
+            if impl == "raywave":
+                rows[-1].update(kernel=ours["kernel"], speedup_vs_per_edge=ratios[mode], max_rel_voltage_diff=v_err,
+                                max_rel_grad_diff=g_err)  # fmt: skip
+                if flyvis is not None:
+                    rows[-1]["speedup_vs_flyvis"] = res["flyvis"]["seconds"] / ours["seconds"]
+    result = {
         "benchmark": "fly", "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "device": device,
         "repeats": repeats, "rounds": rounds, "machine": machine_info(), "rows": rows,
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "speedup_forward": ratios["forward"], "speedup_forward_backward": ratios["forward_backward"],
         "goal_forward_backward": 10.0,
-        "flyvis_cpu_s_from_design_notes": FLYVIS_CPU_S,
     }  # fmt: skip
+    if flyvis is not None:
+        fly_rows = {r["mode"]: r for r in rows if r["impl"] == "raywave"}
+        result.update(flyvis=flyvis_info, flyvis_repeats=min(repeats, FLYVIS_MAX_REPEATS),
+                      speedup_vs_flyvis_forward=fly_rows["forward"]["speedup_vs_flyvis"],
+                      speedup_vs_flyvis_forward_backward=fly_rows["forward_backward"]["speedup_vs_flyvis"],
+                      goal_vs_flyvis_forward_backward=20.0)  # fmt: skip
+    else:
+        result["flyvis_cpu_s_from_design_notes"] = FLYVIS_CPU_S
+    return result

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from raywave.fly.connectome import Connectome
-from raywave.fly.dynamics import integrate
-from raywave.fly.network import FlyNetwork, _SelectNodes, init_parameters
+from raywave.fly.network import FlyNetwork, _SelectNodes, init_parameters, run_dynamics
 
 
 def _tiled(index: torch.Tensor, k: int, step: int) -> torch.Tensor:
@@ -40,13 +39,13 @@ class FlyEnsemble(nn.Module):
         self.register_buffer("n_syn", base.n_syn.clone())
         self.n_types, self.n_pairs, self.n_groups = len(c.types), len(c.pair_src), len(c.group_pair)
         self.n_nodes, self.n_columns = c.n_nodes, base.n_columns
-        self.structure = base.structure.tile(k)
-        nt, ng = base.node_type, len(c.group_pair)
-        self.register_buffer("node_type", _tiled(nt, k, self.n_types), persistent=False)
+        self._base = (base.structure, base.csr_group, base.csr_group_t)  # tiled for the torch path when used
+        self._torch_tables: dict = {}
+        self.register_buffer("node_type", _tiled(base.node_type, k, self.n_types), persistent=False)
         self.register_buffer("group_pair", _tiled(base.group_pair, k, self.n_pairs), persistent=False)
-        self.register_buffer("csr_group", _tiled(base.csr_group, k, ng), persistent=False)
-        self.register_buffer("csr_group_t", _tiled(base.csr_group_t, k, ng), persistent=False)
         self.register_buffer("input_index", _tiled(base.input_index, k, self.n_nodes), persistent=False)
+        self.register_buffer("model_input_index", base.input_index.clone(), persistent=False)
+        self.run_tables = base.run_tables  # the native kernel's tables: one model's, shared by all K
         self.register_buffer("central_index", base.central_index.clone(), persistent=False)
         # decoder input: for every column, model, output type -> node of the K·N state
         out = base.out_index.T.long()  # (columns, types)
@@ -58,10 +57,28 @@ class FlyEnsemble(nn.Module):
     def n_models(self) -> int:
         return len(self.seeds)
 
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        self.structure = self.structure.to(self.v_rest.device)
-        return out
+    def _tiled_tables(self) -> tuple:
+        """The block-diagonal CSR structure of the K models and every CSR entry's group, for the torch path
+        (built on first use on the parameters' device: K x 1.5 M entries that the native kernel does not need)."""
+        dev = self.v_rest.device
+        if dev not in self._torch_tables:
+            structure, group, group_t = self._base
+            k, ng = self.n_models, self.n_groups
+            self._torch_tables = {dev: (structure.tile(k).to(dev), _tiled(group, k, ng).to(dev),
+                                        _tiled(group_t, k, ng).to(dev))}  # fmt: skip
+        return self._torch_tables[dev]
+
+    @property
+    def structure(self):
+        return self._tiled_tables()[0]
+
+    @property
+    def csr_group(self) -> torch.Tensor:
+        return self._tiled_tables()[1]
+
+    @property
+    def csr_group_t(self) -> torch.Tensor:
+        return self._tiled_tables()[2]
 
     # -- parameters -----------------------------------------------------------------------------------
     def per_node(self, per_type: torch.Tensor) -> torch.Tensor:
@@ -102,14 +119,10 @@ class FlyEnsemble(nn.Module):
         k, batch, steps, cols = x.shape
         if state is None:
             state = self.per_node(self.v_rest).unsqueeze(0).expand(batch, -1)
-        a = self.per_node(dt / torch.clamp(self.tau, min=dt)).unsqueeze(1)
-        b = self.per_node(self.v_rest).unsqueeze(1)
-        n_in = len(self.input_index) // (k * cols)
-        x_in = x.permute(2, 0, 3, 1).repeat(1, 1, n_in, 1).reshape(steps, k * n_in * cols, batch)  # (T, K·M, B)
-        gw = self.group_weights()
-        w_t = gw.detach().index_select(0, self.csr_group_t)
-        v = integrate(gw.index_select(0, self.csr_group), a, b, x_in.to(state.dtype), state.T.contiguous(),
-                      self.structure, self.input_index, w_t)  # fmt: skip
+        a = self.per_node(dt / torch.clamp(self.tau, min=dt))
+        b = self.per_node(self.v_rest)
+        x_tkcb = x.permute(2, 0, 3, 1).to(state.dtype)  # (T, K, columns, B)
+        v = run_dynamics(self, self.group_weights(), a, b, x_tkcb, state.T.contiguous(), k)
         return v.permute(2, 0, 1)  # (B, T, K·N), a view
 
     def steady_state(self, batch: int, dt: float, t_pre: float = 0.5, value: float = 0.5) -> torch.Tensor:

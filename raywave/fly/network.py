@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from raywave.errors import RaywaveError
+from raywave.fly import kernel
 from raywave.fly.connectome import Connectome
 from raywave.fly.dynamics import SparseStructure, integrate
 
@@ -63,12 +64,27 @@ class FlyNetwork(nn.Module):
         self.register_buffer("out_index", torch.from_numpy(outputs), persistent=False)
         self.register_buffer("central_index", torch.from_numpy(c.central_nodes), persistent=False)
         self.register_load_state_dict_pre_hook(_accept_saved_tables)
+        self._run_tables: kernel.RunTables | None = None
+
+    def run_tables(self) -> kernel.RunTables:
+        """The edges as runs for the native kernel (built on first use, shared by ensembles of this network)."""
+        if self._run_tables is None:
+            c = self.connectome
+            self._run_tables = kernel.RunTables.build(c.edge_src, c.edge_tar, c.edge_group, c.n_nodes,
+                                                      len(c.group_pair), self.input_index.cpu().numpy(),
+                                                      self.n_columns)  # fmt: skip
+        return self._run_tables
 
     # -- parameters -----------------------------------------------------------------------------------
     def _apply(self, fn, *args, **kwargs):  # keep the (non-buffer) sparse structure on the module's device
         out = super()._apply(fn, *args, **kwargs)
         self.structure = self.structure.to(self.v_rest.device)
         return out
+
+    @property
+    def model_input_index(self) -> torch.Tensor:
+        """The input (photoreceptor) neurons of one model, type by type, each in column order."""
+        return self.input_index
 
     @property
     def n_free(self) -> int:
@@ -119,14 +135,10 @@ class FlyNetwork(nn.Module):
         self._check(x)
         batch, steps, _ = x.shape
         v0 = self.resting_state(batch) if state is None else state
-        a = self.per_node(dt / torch.clamp(self.tau, min=dt)).unsqueeze(1)
-        b = self.per_node(self.v_rest).unsqueeze(1)
-        n_in = len(self.input_index) // self.n_columns
-        x_in = x.permute(1, 2, 0).repeat(1, n_in, 1)  # (T, M, B), same luminance for every input type
-        w_t = self.group_weights().detach().index_select(0, self.csr_group_t)  # W^T's values: no gradient needed
-        out = integrate(
-            self.edge_weights(), a, b, x_in.to(v0.dtype), v0.T.contiguous(), self.structure, self.input_index, w_t
-        )
+        a = self.per_node(dt / torch.clamp(self.tau, min=dt))
+        b = self.per_node(self.v_rest)
+        x_tkcb = x.permute(1, 2, 0).unsqueeze(1)  # (T, 1, columns, B)
+        out = run_dynamics(self, self.group_weights(), a, b, x_tkcb.to(v0.dtype), v0.T.contiguous(), 1)
         return out.permute(2, 0, 1)  # (B, T, N), a view
 
     def steady_state(
@@ -188,6 +200,21 @@ class FlyNetwork(nn.Module):
         c, n = self.out_index.shape
         flat = self.out_index.T.reshape(-1)
         return _SelectNodes.apply(voltages, flat).view(b, t, n, c).transpose(-1, -2)
+
+
+def run_dynamics(net, gw: torch.Tensor, a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, v0: torch.Tensor,
+                 k: int) -> torch.Tensor:  # fmt: skip
+    """K models' integration on `net` (a FlyNetwork, or a FlyEnsemble of k models): gw (K·groups,) group weights,
+    a and b (K·N,), x (T, K, columns, B), v0 (K·N, B) -> (T, K·N, B). The native kernel on the CPU when it
+    builds (`raywave.fly.kernel`), else the torch sparse-product path (`raywave.fly.dynamics`)."""
+    if kernel.available(v0.device, v0.dtype):
+        return kernel.integrate(gw, a, b, x, v0, net.run_tables(), k, net.model_input_index)
+    steps, _, cols, batch = x.shape
+    n_in = len(net.input_index) // (k * cols)
+    x_in = x.repeat(1, 1, n_in, 1).reshape(steps, -1, batch)  # (T, K·M, B): same luminance for every input type
+    w_t = gw.detach().index_select(0, net.csr_group_t)  # W^T's values: no gradient needed
+    return integrate(gw.index_select(0, net.csr_group), a.unsqueeze(1), b.unsqueeze(1), x_in, v0, net.structure,
+                     net.input_index, w_t)  # fmt: skip
 
 
 #: index tables that checkpoints written before they became derived-only still carry

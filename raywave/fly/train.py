@@ -11,129 +11,50 @@ A run is deterministic given its config: the batches, augmentations and dropout 
 reduction on the training path has a fixed order at any thread count (see `FlyNetwork.per_node`), so a killed
 run resumed from its last checkpoint continues bit for bit as if it had not stopped.
 
-Checkpoints hold tensors and plain data only and are read with `torch.load(weights_only=True)`: a crafted
-pickle given as a checkpoint is refused, never executed.
+The config and data live in `train_config.py`, the run directory (checkpoints, status) in `checkpoints.py`;
+their names are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
-from raywave.config import StrictModel
-from raywave.config import load_config as load_config_file
 from raywave.errors import RaywaveError
 from raywave.fly import connectome as fly_connectome
-from raywave.fly.augment import AugmentConfig
+from raywave.fly.checkpoints import (
+    check_run_dir,
+    final_record,
+    latest_checkpoint,
+    load_model,
+    load_states,
+    read_checkpoint,
+    read_status,
+    resume_point,
+    save_atomic,
+    stderr_log,
+)
 from raywave.fly.decoder import FlowDecoder, epe
 from raywave.fly.ensemble import FlyEnsemble, central_mean, load_member_optimizer_state, member_optimizer_state
 from raywave.fly.network import FlyNetwork
-from raywave.fly.sintel import FlySintel, RenderConfig, split_scenes
-from raywave.io import atomic_path, write_json_atomic
+from raywave.fly.sintel import FlySintel
+from raywave.fly.train_config import (
+    FlyTrainConfig,
+    SyntheticData,
+    learning_rate,
+    load_config,
+    prepare_data,
+    synthetic_root,
+)
 
-
-class SyntheticData(StrictModel):
-    """The embedded default data: synthetic flow written in the MPI-Sintel layout (no download)."""
-
-    scenes: int = Field(4, ge=2)
-    frames: int = Field(8, ge=2)
-    height: int = Field(436, ge=391)
-    width: int = Field(1024, ge=600)
-    layers: int | None = Field(None, ge=0)  # moving shapes per scene (None: 2-5 at random)
-    max_shift: float = Field(4.0, ge=0)  # px per frame
-    seed: int = 0
-
-
-class FlyTrainConfig(StrictModel):
-    sintel_root: str | None = None  # None -> synthetic data under <out>/synthetic-sintel
-    synthetic: SyntheticData = SyntheticData()
-    connectome: str | None = None  # None -> the published spec from the flyvis wheel
-    cache: str | None = None  # rendered-sample cache; None -> <out>/render-cache
-    seed: int = 0
-    iterations: int = Field(250_000, ge=1)
-    batch_size: int = Field(4, ge=1)
-    n_frames: int = Field(19, ge=2)
-    dt: float = Field(0.02, gt=0)
-    t_pre: float = Field(0.5, ge=0)
-    lr_start: float = Field(5e-5, gt=0)
-    lr_end: float = Field(5e-6, gt=0)
-    lr_steps: int = Field(10, ge=1)
-    activity_penalty: float = Field(0.1, ge=0)
-    activity_baseline: float = 5.0
-    below_baseline_weight: float = 1.0
-    above_baseline_weight: float = 0.1
-    penalty_stop: int = Field(150_000, ge=0)
-    checkpoint_every: int = Field(3_600, ge=1)
-    val_scenes: int = Field(1, ge=1)  # held-out scenes when the root is not the official Sintel
-    augment: bool = True
-    splits: int = Field(3, ge=1)
-    device: str = "cpu"
-    dtype: Literal["float32", "float64"] = "float32"
-
-    @model_validator(mode="after")
-    def _check(self) -> FlyTrainConfig:
-        if self.lr_end > self.lr_start:
-            raise ValueError("lr_end must not exceed lr_start")
-        return self
-
-
-def load_config(path: str | None, overrides: dict[str, Any]) -> FlyTrainConfig:
-    """The fly training config through the project's one config loader (one-line errors)."""
-    return load_config_file(FlyTrainConfig, path, overrides, what="fly train config")
-
-
-def learning_rate(cfg: FlyTrainConfig, it: int) -> float:
-    """Stepwise geometric decay from lr_start to lr_end in lr_steps equal steps over the run."""
-    if cfg.lr_steps == 1:
-        return cfg.lr_start
-    k = min(cfg.lr_steps - 1, it * cfg.lr_steps // cfg.iterations)
-    return cfg.lr_start * (cfg.lr_end / cfg.lr_start) ** (k / (cfg.lr_steps - 1))
-
-
-def synthetic_root(out: Path, s: SyntheticData) -> Path:
-    """The embedded default data under `out` (written once, atomically: a temp tree renamed into place)."""
-    root = out / "synthetic-sintel"
-    if not (root / "training" / "flow").is_dir():
-        from raywave.data.synthetic_flow import write_sintel
-
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".synthetic-"))
-        try:
-            write_sintel(
-                tmp,
-                scenes=s.scenes,
-                frames=s.frames,
-                h=s.height,
-                w=s.width,
-                seed=s.seed,
-                n_layers=s.layers,
-                max_shift=s.max_shift,
-            )
-            os.replace(tmp, root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
-def prepare_data(cfg: FlyTrainConfig, out: Path) -> tuple[FlySintel, FlySintel]:
-    root = Path(cfg.sintel_root) if cfg.sintel_root else synthetic_root(out, cfg.synthetic)
-    render = RenderConfig(splits=cfg.splits)
-    train_scenes, val_scenes = split_scenes(root, render.dstype, cfg.val_scenes, cfg.seed)
-    cache = Path(cfg.cache) if cfg.cache else out / "render-cache"
-    aug = AugmentConfig() if cfg.augment else None
-    train = FlySintel(root, train_scenes, cache, cfg.n_frames, cfg.dt, aug, cfg.seed, render)
-    val = FlySintel(root, val_scenes, cache, cfg.n_frames, cfg.dt, None, cfg.seed, render)
-    return train, val
+__all__ = [  # the training API, with the config and run-directory names re-exported
+    "FlyTrainConfig", "SyntheticData", "check_run_dir", "dropout_generator", "evaluate", "evaluate_models",
+    "final_record", "latest_checkpoint", "learning_rate", "load_config", "load_model", "load_states", "predict",
+    "prepare_data", "read_checkpoint", "read_status", "resume_point", "synthetic_root", "train_models", "train_one",
+]  # fmt: skip
 
 
 def predict(net: FlyNetwork, decoder: FlowDecoder, lum: torch.Tensor, cfg: FlyTrainConfig, generator=None) -> tuple:
@@ -159,104 +80,10 @@ def evaluate(net: FlyNetwork, decoder: FlowDecoder, data: FlySintel, cfg: FlyTra
     return {"val_epe": errs / n, "zero_flow_epe": zero / n}
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    if path.suffix == ".pt":
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
-    else:
-        write_json_atomic(path, obj)
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "checkpoints").glob("it-*.pt"))
-    return ckpts[-1] if ckpts else None
-
-
 def dropout_generator(seed: int, it: int, device: str = "cpu") -> torch.Generator:
     """The generator of iteration `it`'s dropout masks: a function of (seed, it) only."""
     state = np.random.SeedSequence([seed, it, 0xD50]).generate_state(2, np.uint64)
     return torch.Generator(device=device).manual_seed(int(state[0] >> np.uint64(1)))
-
-
-def read_checkpoint(path: Path, device: str = "cpu") -> dict:
-    """A fly checkpoint's dict, loaded weights-only (tensors and plain data; no code runs); one line if not."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-        if not isinstance(ckpt, dict):
-            raise TypeError("not a dict")
-        FlyTrainConfig.model_validate(ckpt["config"])
-        for key in ("network", "decoder", "iteration"):
-            ckpt[key]  # noqa: B018 - a missing key is an unreadable checkpoint
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is one clear line
-        raise RaywaveError(
-            f"{path} is not a readable fly checkpoint ({exc.__class__.__name__}); pick a file from <run>/checkpoints"
-        ) from None
-    return ckpt
-
-
-def load_states(net: FlyNetwork, dec: FlowDecoder, ckpt: dict, path: Path | str) -> None:
-    """Load a checkpoint's network and decoder; a checkpoint of another connectome is one clear line."""
-    saved = (ckpt.get("connectome") or {}).get("spec_sha256")
-    ours = net.connectome.provenance.get("spec_sha256")
-    try:
-        if saved and ours and saved != ours:
-            raise RuntimeError("connectome spec differs")
-        net.load_state_dict(ckpt["network"])
-        dec.load_state_dict(ckpt["decoder"])
-    except RuntimeError:
-        raise RaywaveError(
-            f"{path} was trained on another connectome (spec sha256 {str(saved or 'unknown')[:12]}...) than the "
-            f"one given ({str(ours or 'unknown')[:12]}...); pass the connectome it was trained on with --connectome"
-        ) from None
-
-
-def load_model(path: Path, connectome_path: str | None = None, device: str = "cpu") -> tuple:
-    """(network, decoder, checkpoint dict) from a fly checkpoint."""
-    ckpt = read_checkpoint(path, device)
-    cfg = FlyTrainConfig.model_validate(ckpt["config"])
-    c = fly_connectome.load(connectome_path or cfg.connectome)
-    net = FlyNetwork(c, cfg.seed).to(device)
-    dec = FlowDecoder(n_out=len(c.output_types), seed=cfg.seed).to(device)
-    load_states(net, dec, ckpt, path)
-    return net, dec, ckpt
-
-
-def resume_point(out: Path, device: str = "cpu", log=None) -> dict | None:
-    """The newest readable checkpoint of a run; an unreadable newest one (e.g. truncated by a crash while the
-    disk filled) is renamed `*.corrupt` and the previous one is used, saying so."""
-    while (last := latest_checkpoint(out)) is not None:
-        try:
-            return read_checkpoint(last, device)
-        except RaywaveError:
-            last.rename(last.with_name(last.name + ".corrupt"))
-            (log or _stderr)(f"{last} is unreadable (truncated?); kept as {last.name}.corrupt, resuming from the "
-                             "previous checkpoint")  # fmt: skip
-    return None
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
-
-def check_run_dir(out: Path, cfg: FlyTrainConfig) -> None:
-    """A directory whose checkpoints come from another config is refused (read only; nothing is written)."""
-    cfg_path = out / "config.json"
-    if cfg_path.exists() and latest_checkpoint(out) is not None:
-        try:  # validated, so that fields added since (with their defaults) do not count as a difference
-            same = FlyTrainConfig.model_validate(json.loads(cfg_path.read_text())).model_dump() == cfg.model_dump()
-        except ValueError:
-            same = False
-        if not same:
-            raise RaywaveError(f"{out} holds a run with a different config; resume with the same config or use a "
-                               "new --out")  # fmt: skip
-
-
-def read_status(out: Path) -> dict:
-    """A model's status.json ({} when it has none: not diverged)."""
-    try:
-        return json.loads((out / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 class Member:
@@ -365,11 +192,11 @@ def _save_member(p: Pass, j: int, m: Member, it: int, c) -> None:
     record = {"iteration": it, "train_loss": float(np.mean(m.losses)) if m.losses else float("nan"),
               **m.eval}  # fmt: skip
     m.history, m.losses = [*m.history, record], []
-    _save_atomic({**p.member(j), "iteration": it, "history": m.history, "config": m.cfg.model_dump(),
+    save_atomic({**p.member(j), "iteration": it, "history": m.history, "config": m.cfg.model_dump(),
                   "connectome": c.provenance}, m.out / "checkpoints" / f"it-{it:08d}.pt")  # fmt: skip
     best = min(m.history, key=lambda r: r["val_epe"])
-    _save_atomic({**best, "checkpoint": f"checkpoints/it-{best['iteration']:08d}.pt"}, m.out / "best.json")
-    _save_atomic(m.history, m.out / "history.json")
+    save_atomic({**best, "checkpoint": f"checkpoints/it-{best['iteration']:08d}.pt"}, m.out / "best.json")
+    save_atomic(m.history, m.out / "history.json")
 
 
 def train_models(cfgs: list[FlyTrainConfig], outs: list, progress=None, stop_after: int | None = None, log=None,
@@ -395,7 +222,7 @@ def train_models(cfgs: list[FlyTrainConfig], outs: list, progress=None, stop_aft
         m.val.render_all()
     for m in members:
         (m.out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        _save_atomic(m.cfg.model_dump(), m.out / "config.json")
+        save_atomic(m.cfg.model_dump(), m.out / "config.json")
     template = FlyNetwork(c, cfg.seed)
     start, ckpts = _start(members, cfg, log)
     p = Pass(c, cfg, [m.cfg.seed for m in members], template)
@@ -455,9 +282,9 @@ def _drop_diverged(p: Pass, members: list, ok: list[bool], it: int, c, cfg, temp
     """Mark the models with non-finite loss or parameters diverged and rebuild the pass from the others."""
     for m, good in zip(members, ok, strict=True):
         if not good:
-            _save_atomic({"status": "diverged", "iteration": it, "seed": m.cfg.seed,
+            save_atomic({"status": "diverged", "iteration": it, "seed": m.cfg.seed,
                           "reason": "loss or parameters not finite"}, m.out / "status.json")  # fmt: skip
-            (log or _stderr)(f"model {m.out} (seed {m.cfg.seed}) diverged at iteration {it}; the others go on")
+            (log or stderr_log)(f"model {m.out} (seed {m.cfg.seed}) diverged at iteration {it}; the others go on")
     keep = [j for j, good in enumerate(ok) if good]
     if not keep:
         return [], p
@@ -473,13 +300,6 @@ def activity_penalty_models(ens: FlyEnsemble, v: torch.Tensor, cfg: FlyTrainConf
     gap = cfg.activity_baseline - central_mean(ens, v, v.shape[1] // 4)
     w = torch.where(gap > 0, cfg.below_baseline_weight, cfg.above_baseline_weight)
     return cfg.activity_penalty * ((w * gap) ** 2).flatten(1).mean(1).sum()
-
-
-def final_record(out: Path) -> dict:
-    """best.json of a run, with its status (diverged or not)."""
-    best = json.loads((out / "best.json").read_text()) if (out / "best.json").exists() else {}
-    status = read_status(out)
-    return {**best, **({"status": status["status"], "diverged_at": status["iteration"]} if status else {})}
 
 
 def train_one(cfg: FlyTrainConfig, out: str | Path, progress=None, stop_after: int | None = None, log=None) -> dict:

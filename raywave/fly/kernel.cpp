@@ -1,0 +1,239 @@
+// The fly network's Euler integration, its adjoint and the synapse-strength gradient on the CPU (built by
+// raywave.native with the system compiler, called through ctypes from raywave/fly/kernel.py).
+//
+// The synapses are given as *runs*: a run (tar, src, len, group) is `len` edges of one (type pair, du, dv) group
+// whose targets tar .. tar+len-1 and sources src .. src+len-1 are consecutive neurons (a type's neurons are
+// numbered column by column, so a group's edges fall into runs along the lattice's rows). All edges of a group
+// share one weight, so the synaptic sum of a run is one contiguous multiply-add of len x B values, with no
+// per-edge index or weight read. K models share the runs; model k's neurons are rows k*N ... k*N + N - 1 and its
+// weights gw[k*G ...].
+//
+// Determinism: every output element is computed by one thread in a fixed order (a block of target neurons, its
+// runs in the table's order; a group's runs in order for the gradient), so results are bit for bit the same at
+// any thread count and in any run.
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include <omp.h>
+
+typedef int32_t i32;
+typedef int64_t i64;
+
+namespace {
+
+// V[s+1] = V[s] + a * ((bias - V[s] + x[s]) + W relu(V[s])) for s < steps. states: (steps+1, K*N, B) with
+// states[0] = V[0]; drive (steps, K*N, B) = the bracket, for the adjoint (null: not kept). Every array is laid
+// out step by step, so a step reads and writes contiguous memory.
+// Runs sorted by target block (blk_ptr: first run of each block of `bs` target neurons). x: (steps, K, C, B),
+// in_col[n]: the column whose luminance neuron n receives, or -1.
+template <typename T>
+void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, const i32* r_src, const i32* r_len,
+             const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* bias,
+             const T* x, const i32* in_col, T* states, T* drive, T* rbuf, int threads) {
+  const i64 NB = K * N * B;
+  T* r_even = rbuf;
+  T* r_odd = rbuf + NB;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> y(bs * B);
+#pragma omp for schedule(static)
+    for (i64 i = 0; i < NB; ++i) r_even[i] = states[i] > 0 ? states[i] : T(0);
+    for (i64 s = 0; s < steps; ++s) {
+      const T* rc = (s % 2 == 0) ? r_even : r_odd;
+      T* rn = (s % 2 == 0) ? r_odd : r_even;
+      const T* v = states + s * NB;
+      T* vn = states + (s + 1) * NB;
+      T* d = drive ? drive + s * NB : nullptr;
+      const T* xs = x + s * K * C * B;
+#pragma omp for schedule(dynamic, 1)
+      for (i64 task = 0; task < n_blk * K; ++task) {
+        const i64 blk = task / K, k = task % K;
+        const i64 n0 = blk * bs, n1 = std::min(N, n0 + bs);
+        T* __restrict yy = y.data();
+        std::fill(yy, yy + (n1 - n0) * B, T(0));
+        const T* w = gw + k * G;
+        const T* rk = rc + k * N * B;
+        for (i64 r = blk_ptr[blk]; r < blk_ptr[blk + 1]; ++r) {
+          const T wr = w[r_grp[r]];
+          T* __restrict dst = yy + (r_tar[r] - n0) * B;
+          const T* __restrict src = rk + (i64)r_src[r] * B;
+          const i64 L = (i64)r_len[r] * B;
+#pragma omp simd
+          for (i64 i = 0; i < L; ++i) dst[i] += wr * src[i];
+        }
+        for (i64 n = n0; n < n1; ++n) {
+          const i64 row = k * N + n;
+          const T an = a[row], bn = bias[row];
+          const i32 c = in_col[n];
+          for (i64 b = 0; b < B; ++b) {
+            const i64 at = row * B + b;
+            T dd = bn - v[at];
+            if (c >= 0) dd += xs[(k * C + c) * B + b];
+            dd += yy[(n - n0) * B + b];
+            if (d) d[at] = dd;
+            const T vv = v[at] + an * dd;
+            vn[at] = vv;
+            const T rr = vv > 0 ? vv : T(0);
+            rn[at] = rr;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The discrete adjoint of `forward`, backwards over the steps: lam = dL/dV[s+1] (+ g_out[s]), m = a * lam,
+// dL/dV[s] = relu'(V[s]) * (W^T m) + (1 - a) * lam. Writes mu (steps, K*N, B) = m of every step (for the strength
+// gradient), lam_out = dL/dV[0], grad_a[row] = sum over steps and batch of lam * drive, grad_b[row] = sum of m.
+// Runs sorted by *source* block. lbuf: 2*K*N*B scratch.
+template <typename T>
+void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32* r_src, const i32* r_len,
+              const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* states,
+              const T* drive, const T* g_out, T* mu, T* lam_out, T* grad_a, T* grad_b, T* lbuf, int threads) {
+  const i64 KN = K * N, NB = KN * B;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> z(bs * B);
+    T* lam = lbuf;
+    T* nxt = lbuf + NB;
+#pragma omp for schedule(static)
+    for (i64 row = 0; row < KN; ++row) {
+      grad_a[row] = 0;
+      grad_b[row] = 0;
+      for (i64 b = 0; b < B; ++b) lam[row * B + b] = 0;
+    }
+    for (i64 s = steps - 1; s >= 0; --s) {
+      const T* gs = g_out + s * NB;
+      const T* ds = drive + s * NB;
+      T* ms = mu + s * NB;
+#pragma omp for schedule(static)
+      for (i64 row = 0; row < KN; ++row) {
+        const T ar = a[row];
+        T ga = grad_a[row], gb = grad_b[row];
+        for (i64 b = 0; b < B; ++b) {
+          const i64 at = row * B + b;
+          const T l = lam[at] + gs[at];
+          lam[at] = l;
+          const T m = ar * l;
+          ms[at] = m;
+          ga += l * ds[at];
+          gb += m;
+        }
+        grad_a[row] = ga;
+        grad_b[row] = gb;
+      }
+      const T* vs = states + s * NB;
+#pragma omp for schedule(dynamic, 1)
+      for (i64 task = 0; task < n_blk * K; ++task) {
+        const i64 blk = task / K, k = task % K;
+        const i64 n0 = blk * bs, n1 = std::min(N, n0 + bs);
+        T* __restrict zz = z.data();
+        std::fill(zz, zz + (n1 - n0) * B, T(0));
+        const T* w = gw + k * G;
+        const T* mk = ms + k * N * B;
+        for (i64 r = blk_ptr[blk]; r < blk_ptr[blk + 1]; ++r) {
+          const T wr = w[r_grp[r]];
+          T* __restrict dst = zz + (r_src[r] - n0) * B;
+          const T* __restrict src = mk + (i64)r_tar[r] * B;
+          const i64 L = (i64)r_len[r] * B;
+#pragma omp simd
+          for (i64 i = 0; i < L; ++i) dst[i] += wr * src[i];
+        }
+        for (i64 n = n0; n < n1; ++n) {
+          const i64 row = k * N + n;
+          const T keep = 1 - a[row];
+          for (i64 b = 0; b < B; ++b) {
+            const i64 at = row * B + b;
+            nxt[at] = (vs[at] > 0 ? zz[(n - n0) * B + b] : T(0)) + keep * lam[at];
+          }
+        }
+      }
+      std::swap(lam, nxt);  // every thread, after the loop's barrier
+    }
+#pragma omp for schedule(static)
+    for (i64 i = 0; i < NB; ++i) lam_out[i] = lam[i];
+  }
+}
+
+// dL/d(group weight) of model k, group g: the sum over the group's edges (tar, src) and over steps and batch of
+// mu[s, k*N + tar] * relu(states[s, k*N + src]) (both (steps, K*N, B)). Runs sorted by group (grp_ptr: first
+// run of each group); a run's rows are consecutive, so for each step it is one dot product of len*B values.
+// Threads own groups; each loops over the steps outermost (a step's two slices stay in cache across all its
+// groups) and sums a group in (step, run) order, in double: the same order at any thread count.
+template <typename T>
+void weight_grad(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32* r_src, const i32* r_len,
+                 const i64* grp_ptr, const T* mu, const T* states, T* out, int threads) {
+  const i64 NB = K * N * B;
+#pragma omp parallel num_threads(threads)
+  {
+    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    // contiguous shares of the K*G (model, group) sums, balanced by run count
+    const i64 total = K * grp_ptr[G];
+    auto start = [&](int part) -> i64 {
+      const i64 want = total * part / nt;
+      i64 lo = 0, hi = K * G;
+      while (lo < hi) {  // first task whose runs begin at or after `want`
+        const i64 mid = (lo + hi) / 2;
+        if ((mid / G) * grp_ptr[G] + grp_ptr[mid % G] < want) lo = mid + 1; else hi = mid;
+      }
+      return lo;
+    };
+    const i64 t0 = start(id), t1 = start(id + 1);
+    std::vector<double> acc(t1 - t0, 0.0);
+    for (i64 s = 0; s < steps; ++s) {
+      const T* ms = mu + s * NB;
+      const T* vs = states + s * NB;
+      for (i64 task = t0; task < t1; ++task) {
+        const i64 k = task / G, g = task % G;
+        double sum = 0;
+        for (i64 r = grp_ptr[g]; r < grp_ptr[g + 1]; ++r) {
+          const T* __restrict p = ms + (k * N + r_tar[r]) * B;
+          const T* __restrict q = vs + (k * N + r_src[r]) * B;
+          const i64 L = (i64)r_len[r] * B;
+          T d = 0;
+#pragma omp simd reduction(+ : d)
+          for (i64 i = 0; i < L; ++i) d += p[i] * (q[i] > 0 ? q[i] : T(0));
+          sum += d;
+        }
+        acc[task - t0] += sum;
+      }
+    }
+    for (i64 task = t0; task < t1; ++task) out[task] = (T)acc[task - t0];
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+#define FLY_FORWARD(NAME, T)                                                                                      \
+  void NAME(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, const i32* r_src, const i32* r_len, \
+            const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* bias,      \
+            const T* x, const i32* in_col, T* states, T* drive, T* rbuf, int threads) {                          \
+    forward<T>(K, N, B, steps, G, C, r_tar, r_src, r_len, r_grp, blk_ptr, n_blk, bs, gw, a, bias, x, in_col,     \
+               states, drive, rbuf, threads);                                                                   \
+  }
+FLY_FORWARD(fly_forward_f32, float)
+FLY_FORWARD(fly_forward_f64, double)
+
+#define FLY_BACKWARD(NAME, T)                                                                                     \
+  void NAME(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32* r_src, const i32* r_len,        \
+            const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* states,    \
+            const T* drive, const T* g_out, T* mu, T* lam_out, T* grad_a, T* grad_b, T* lbuf, int threads) {     \
+    backward<T>(K, N, B, steps, G, r_tar, r_src, r_len, r_grp, blk_ptr, n_blk, bs, gw, a, states, drive, g_out,  \
+                mu, lam_out, grad_a, grad_b, lbuf, threads);                                                    \
+  }
+FLY_BACKWARD(fly_backward_f32, float)
+FLY_BACKWARD(fly_backward_f64, double)
+
+#define FLY_WGRAD(NAME, T)                                                                                        \
+  void NAME(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32* r_src, const i32* r_len,       \
+            const i64* grp_ptr, const T* mu, const T* states, T* out, int threads) {                            \
+    weight_grad<T>(K, N, B, steps, G, r_tar, r_src, r_len, grp_ptr, mu, states, out, threads);                   \
+  }
+FLY_WGRAD(fly_weight_grad_f32, float)
+FLY_WGRAD(fly_weight_grad_f64, double)
+
+}  // extern "C"

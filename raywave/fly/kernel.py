@@ -1,0 +1,179 @@
+"""The fly network's integration as one native CPU kernel (kernel.cpp, built by `raywave.native`), with the
+same interface as the torch path of `raywave.fly.dynamics`.
+
+The synaptic matrix is stored as runs of consecutive edges of one (type pair, du, dv) group (see kernel.cpp):
+for the published connectome 1,513,231 edges become about 60 k runs, so a step reads a few hundred kB of tables
+instead of a 12 MB CSR matrix, and K models share the tables. One call integrates all steps (the Euler update
+fused with the synaptic sums), one call runs the adjoint, one the gradient of the 2,355 group weights (the
+strengths' gradient then follows by a 2,355-entry gather's backward, not a 1.5 M-edge index_add).
+
+Used on the CPU when a C++ compiler is available (`RAYWAVE_FLY_KERNEL=torch` forces the torch path, `native`
+makes a failed build an error); results agree with the torch path to rounding and are bit for bit reproducible
+at any thread count (each output is summed by one thread in a fixed order).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raywave.errors import RaywaveError
+
+BLOCK = 512  # target (source) neurons per task: a block's sums stay in L1
+
+
+@dataclass
+class Runs:
+    tar: torch.Tensor  # (R,) int32 first target neuron of each run
+    src: torch.Tensor  # (R,) int32 first source neuron
+    length: torch.Tensor  # (R,) int32 edges in the run
+    group: torch.Tensor  # (R,) int32 the run's (type pair, du, dv) group
+    ptr: torch.Tensor  # int64 first run of each block (or group), one more entry at the end
+
+
+@dataclass
+class RunTables:
+    """The connectome's edges as runs, in the three orders the kernels read them."""
+
+    n: int
+    n_groups: int
+    forward: Runs  # by target block, then group
+    backward: Runs  # by source block, then group
+    by_group: Runs  # by group (ptr: per group)
+    in_col: torch.Tensor  # (N,) int32 column of an input neuron's luminance, -1 for others
+
+    @classmethod
+    def build(cls, src: np.ndarray, tar: np.ndarray, group: np.ndarray, n: int, n_groups: int,
+              input_index: np.ndarray, n_columns: int) -> RunTables:  # fmt: skip
+        in_col = np.full(n, -1, dtype=np.int32)
+        in_col[input_index] = np.arange(len(input_index)) % n_columns
+        fwd = _runs(src, tar, group, tar // BLOCK, n_blocks=-(-n // BLOCK))
+        bwd = _runs(src, tar, group, src // BLOCK, n_blocks=-(-n // BLOCK), along_source=True)
+        by_group = _runs(src, tar, group, group, n_blocks=n_groups)
+        return cls(n, n_groups, fwd, bwd, by_group, torch.from_numpy(in_col))
+
+
+def _runs(src, tar, group, block, n_blocks: int, along_source: bool = False) -> Runs:
+    """Edges sorted by (block, group, position) and cut into maximal runs of consecutive targets and sources."""
+    pos = src if along_source else tar
+    order = np.lexsort((pos, group, block))
+    s, t, g, b = src[order], tar[order], group[order], block[order]
+    start = np.ones(len(s), dtype=bool)
+    start[1:] = (b[1:] != b[:-1]) | (g[1:] != g[:-1]) | (t[1:] != t[:-1] + 1) | (s[1:] != s[:-1] + 1)
+    first = np.flatnonzero(start)
+    length = np.diff(np.append(first, len(s)))
+    ptr = np.searchsorted(b[first], np.arange(n_blocks + 1))
+    i32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32))  # noqa: E731
+    return Runs(i32(t[first]), i32(s[first]), i32(length), i32(g[first]), torch.from_numpy(ptr.astype(np.int64)))
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL:
+    from raywave import native
+
+    lib, _ = native.load(Path(__file__).with_name("kernel.cpp"), "flykernel",
+                         flags=(*native.DEFAULT_FLAGS, "-ffp-contract=fast"))  # fmt: skip
+    for name in ("fly_forward_f32", "fly_forward_f64", "fly_backward_f32", "fly_backward_f64",
+                 "fly_weight_grad_f32", "fly_weight_grad_f64"):  # fmt: skip
+        getattr(lib, name).restype = None
+    return lib
+
+
+def available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the native kernel serves this device and dtype (built on first use; a failed build falls back
+    to the torch path unless RAYWAVE_FLY_KERNEL=native)."""
+    mode = os.environ.get("RAYWAVE_FLY_KERNEL", "auto")
+    if mode not in ("auto", "native", "torch"):
+        raise RaywaveError(f"RAYWAVE_FLY_KERNEL={mode!r}: use auto, native or torch")
+    if mode == "torch" or device.type != "cpu" or dtype not in (torch.float32, torch.float64):
+        return False
+    try:
+        _library()
+    except (RaywaveError, ImportError, OSError) as exc:
+        if mode == "native":
+            raise RaywaveError(f"RAYWAVE_FLY_KERNEL=native but the kernel is unavailable: {exc}") from None
+        return False
+    return True
+
+
+def _p(t: torch.Tensor | None):
+    return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
+
+
+def _i(v: int):
+    return ctypes.c_int64(v)
+
+
+def _run_args(r: Runs) -> list:
+    return [_p(r.tar), _p(r.src), _p(r.length), _p(r.group), _p(r.ptr)]
+
+
+def _suffix(dtype: torch.dtype) -> str:
+    return "f64" if dtype == torch.float64 else "f32"
+
+
+class _Integrate(torch.autograd.Function):
+    """K models' Euler integration over T steps; see kernel.cpp. Returns the states after each step (T, K·N, B)."""
+
+    @staticmethod
+    def forward(ctx, gw, a, b, x, v0, tables: RunTables, k: int, input_index):
+        steps, _, cols, batch = x.shape
+        n, g = tables.n, tables.n_groups
+        keep = torch.is_grad_enabled() or any(ctx.needs_input_grad[:5])
+        gw, a, b, x, v0 = (t.contiguous() for t in (gw, a, b, x, v0))
+        states = v0.new_empty(steps + 1, k * n, batch)
+        states[0] = v0
+        drive = v0.new_empty(steps, k * n, batch) if keep else None
+        rbuf = v0.new_empty(2, k * n, batch)
+        f = tables.forward
+        getattr(_library(), f"fly_forward_{_suffix(v0.dtype)}")(
+            _i(k), _i(n), _i(batch), _i(steps), _i(g), _i(cols), *_run_args(f), _i(len(f.ptr) - 1), _i(BLOCK),
+            _p(gw), _p(a), _p(b), _p(x), _p(tables.in_col), _p(states), _p(drive), _p(rbuf),
+            ctypes.c_int(torch.get_num_threads()))  # fmt: skip
+        if keep:
+            ctx.tables, ctx.k, ctx.input_index, ctx.cols = tables, k, input_index, cols
+            ctx.save_for_backward(gw, a, states, drive)
+        return states[1:]
+
+    @staticmethod
+    def backward(ctx, g_out):
+        gw, a, states, drive = ctx.saved_tensors
+        tables, k = ctx.tables, ctx.k
+        n, g = tables.n, tables.n_groups
+        steps, _, batch = g_out.shape
+        g_out = g_out.contiguous()
+        mu = states.new_empty(steps, k * n, batch)  # a * dL/dV[s+1] of every step
+        lam = states.new_empty(k * n, batch)
+        grad_a, grad_b = states.new_empty(k * n), states.new_empty(k * n)
+        lbuf = states.new_empty(2, k * n, batch)
+        lib, sfx, threads = _library(), _suffix(states.dtype), ctypes.c_int(torch.get_num_threads())
+        r = tables.backward
+        getattr(lib, f"fly_backward_{sfx}")(
+            _i(k), _i(n), _i(batch), _i(steps), _i(g), *_run_args(r), _i(len(r.ptr) - 1), _i(BLOCK), _p(gw),
+            _p(a), _p(states), _p(drive), _p(g_out), _p(mu), _p(lam), _p(grad_a), _p(grad_b), _p(lbuf),
+            threads)  # fmt: skip
+        grad_gw = None
+        if ctx.needs_input_grad[0]:
+            grad_gw = torch.empty_like(gw)
+            r = tables.by_group
+            getattr(lib, f"fly_weight_grad_{sfx}")(_i(k), _i(n), _i(batch), _i(steps), _i(g), _p(r.tar), _p(r.src),
+                                                   _p(r.length), _p(r.ptr), _p(mu), _p(states), _p(grad_gw),
+                                                   threads)  # fmt: skip
+        grad_x = None
+        if ctx.needs_input_grad[3]:  # every input type of a column receives the column's luminance
+            per = mu.view(steps, k, n, batch)[:, :, ctx.input_index]
+            grad_x = per.view(steps, k, -1, ctx.cols, batch).sum(2)  # (T, K, C, B)
+        return grad_gw, grad_a.view_as(a), grad_b.view_as(a), grad_x, lam, None, None, None
+
+
+def integrate(gw: torch.Tensor, a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, v0: torch.Tensor,
+              tables: RunTables, k: int, input_index: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """K models from v0 (K·N, B): gw (K·groups,) group weights, a and b (K·N,) per neuron, x (T, K, C, B)
+    luminance per column; `input_index` the input neurons of one model. -> (T, K·N, B)."""
+    return _Integrate.apply(gw, a, b, x, v0, tables, k, input_index)
