@@ -129,15 +129,20 @@ def is_done(out: Path, stage: Stage) -> bool:
         return False
 
 
-def run_stage(out: Path, stage: Stage) -> float:
+def in_subprocess(args: tuple[str, ...]) -> int:
+    """Run `raywave ARGS` as a user would, in its own process (and its own embedded Ray); its exit status."""
+    return subprocess.run([sys.executable, "-m", "raywave", *args]).returncode
+
+
+def run_stage(out: Path, stage: Stage, runner: Callable[[tuple[str, ...]], int] = in_subprocess) -> float:
     """Run one stage's command; raise RaywaveError naming the stage when it fails."""
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "raywave", *stage.args])
-    if proc.returncode == 130:
+    returncode = runner(stage.args)
+    if returncode == 130:
         raise KeyboardInterrupt
-    if proc.returncode != 0:
+    if returncode != 0:
         cmd = " ".join(["raywave", *stage.args])
-        raise RaywaveError(f"demo stage {stage.name!r} failed (exit {proc.returncode}): {cmd}; "
+        raise RaywaveError(f"demo stage {stage.name!r} failed (exit {returncode}): {cmd}; "
                            "fix the cause above and re-run `raywave demo` to continue from this stage")  # fmt: skip
     seconds = time.monotonic() - t0
     write_json_atomic(marker(out, stage), {"args": list(stage.args), "seconds": round(seconds, 1),
@@ -145,8 +150,11 @@ def run_stage(out: Path, stage: Stage) -> float:
     return seconds
 
 
-def run_demo(out: Path, tiny: bool = False, say: Callable[[str], None] = print) -> Path:
-    """Run every stage not yet done, then write and return OUT/index.html."""
+def run_demo(out: Path, tiny: bool = False, say: Callable[[str], None] = print,
+             runner: Callable[[tuple[str, ...]], int] = in_subprocess) -> Path:  # fmt: skip
+    """Run every stage not yet done, then write and return OUT/index.html. `runner` runs one command line and
+    returns its exit status: a subprocess per stage (the default, what a user's shell does), or the test
+    suite's in-process runner, which shares the suite's embedded Ray."""
     out.mkdir(parents=True, exist_ok=True)
     plan = stages(out, tiny, write_configs(out, tiny))
     for i, stage in enumerate(plan, 1):
@@ -155,7 +163,7 @@ def run_demo(out: Path, tiny: bool = False, say: Callable[[str], None] = print) 
             say(f"{head}: done earlier, skipped")
             continue
         say(f"{head}: raywave {' '.join(stage.args)}")
-        seconds = run_stage(out, stage)
+        seconds = run_stage(out, stage, runner)
         say(f"{head}: finished in {seconds:.0f} s")
     return write_index(out, plan)
 

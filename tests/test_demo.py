@@ -32,6 +32,48 @@ def test_demo_plan_names_real_commands(tmp_path):
     assert setting.config.dataset == str(tmp_path.absolute() / "rw-dataset")
 
 
+def in_process(args: tuple[str, ...]) -> int:
+    """Run `raywave ARGS` in this process (the CLI's own entry point: one-line errors, exit codes), so that every
+    stage shares the suite's embedded Ray instead of starting its own."""
+    from raywave.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+def test_tiny_demo_every_stage_in_process(tmp_path, ray_local):
+    """The reduced demo of the default suite: every stage's real command at the tiny sizes, run in this process
+    on the suite's Ray (the slow test below runs the same demo as a user does, a process per stage, and
+    interrupts it). Checks the index page links real figures of every stage, the report, and that the sweep
+    reused the NFP stage's run."""
+    import torch
+
+    threads, env = torch.get_num_threads(), dict(os.environ)  # commands may set both: restored for later tests
+    out = tmp_path / "demo"
+    said: list[str] = []
+    try:
+        index = run_demo(out, tiny=True, say=said.append, runner=in_process)
+    finally:
+        torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(env)
+    page = index.read_text()
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert images and all((out / src).is_file() for src in images)
+    for folder in ("rw-dataset/card", "figures/snapshots", "figures/movie", "nfp-store", "sweep/report", "fly-view"):
+        assert any(src.startswith(folder) for src in images), folder
+    assert (out / "sweep" / "report" / "report.html").is_file() and "sweep/report/report.html" in page
+    (nfp_run,) = (out / "nfp-store").iterdir()
+    assert len(json.loads((nfp_run / "run.json").read_text())["attempts"]) == 1
+    runs = list((out / "sweep" / "trials").glob("*/run/run.json"))
+    assert len(runs) == 6 and all(json.loads(r.read_text())["status"] == "complete" for r in runs)
+    ensemble = json.loads((out / "fly" / "demo" / "0000" / "ensemble.json").read_text())
+    assert [m["status"] for m in ensemble["status"]] == ["done"] * 4
+
+
 @pytest.mark.slow
 def test_tiny_demo_end_to_end_interrupted_and_resumed(tmp_path):
     """Ctrl-C (SIGINT to the demo's process group, as a terminal sends it) while the transfer sweep runs: the
