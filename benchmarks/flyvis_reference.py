@@ -56,6 +56,19 @@ def _torchvision_or_stand_in() -> bool:
     return False
 
 
+def keep_freed_memory(limit: int = 1 << 30) -> bool:
+    """glibc mallopt: serve blocks up to `limit` from the heap and keep freed memory for reuse, as raywave's
+    processes do in `raywave bench fly` (raywave.fly.kernel.keep_freed_memory), so that neither side pays a page
+    fault per 4 kB for arrays it frees and allocates again every step."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, limit)) and bool(libc.mallopt(-1, 2 * limit))  # M_MMAP_, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def measure(mode: str, batch: int, steps: int, repeats: int, threads: int, seed: int = 0) -> dict:
     # flyvis writes its compiled connectome under FLYVIS_ROOT_DIR (default: inside its installed package)
     os.environ.setdefault("FLYVIS_ROOT_DIR", os.path.join(tempfile.gettempdir(), "flyvis-reference-root"))
@@ -118,7 +131,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="Euler steps at dt 0.02 s")
     ap.add_argument("--repeats", type=int, default=10, help="timed repetitions after one warm-up (fastest counts)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own default)")
+    ap.add_argument("--keep-freed-memory", action="store_true", help="glibc mallopt as raywave's processes use it")
     a = ap.parse_args()
+    kept = keep_freed_memory() if a.keep_freed_memory else False
     import importlib.util
 
     for module, what in (("torch", "torch==2.13.0"), ("flyvis", "flyvis==1.2.0")):
@@ -126,7 +141,8 @@ def main() -> None:
             sys.exit(f"{sys.executable} has no {module}; install {what} into it (see --help)")
     import torch
 
-    print(json.dumps(measure(a.mode, a.batch, a.steps, a.repeats, a.threads or torch.get_num_threads())))
+    res = measure(a.mode, a.batch, a.steps, a.repeats, a.threads or torch.get_num_threads())
+    print(json.dumps({**res, "keep_freed_memory": kept}))
 
 
 if __name__ == "__main__":

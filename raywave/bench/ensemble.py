@@ -23,7 +23,10 @@ def _measure(k: int, device: str, batch: int, steps: int, repeats: int, queue) -
     from raywave.fly.connectome import load
     from raywave.fly.decoder import FlowDecoder
     from raywave.fly.ensemble import FlyEnsemble
+    from raywave.fly.kernel import keep_freed_memory
     from raywave.fly.train import l2norm_models
+
+    keep_freed_memory()  # as the training loop does
 
     dev = torch.device(device)
     seeds = list(range(k))

@@ -61,6 +61,10 @@ def baseline_forward(net, x, v0, dt: float):
 def _measure(impl: str, mode: str, device: str, batch: int, steps: int, repeats: int, queue) -> None:
     import torch
 
+    from raywave.fly.kernel import keep_freed_memory
+
+    keep_freed_memory()  # as the training loop does (and as the flyvis side is run): no page faults per step
+
     from raywave.fly.connectome import load
     from raywave.fly.decoder import FlowDecoder, l2norm
     from raywave.fly.network import FlyNetwork
@@ -126,7 +130,7 @@ def check_flyvis_python(python: str | Path) -> Path:
 def _flyvis_process(python: Path, mode: str, batch: int, steps: int, repeats: int, threads: int) -> dict:
     """One flyvis measurement in a fresh process of the user's interpreter (benchmarks/flyvis_reference.py)."""
     cmd = [str(python), str(FLYVIS_SCRIPT), "--mode", mode, "--batch", str(batch), "--steps", str(steps),
-           "--repeats", str(repeats), "--threads", str(threads)]  # fmt: skip
+           "--repeats", str(repeats), "--threads", str(threads), "--keep-freed-memory"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=FLYVIS_SCRIPT.parent)
     if out.returncode != 0:
@@ -186,6 +190,7 @@ def run_benchmark(device: str = "cpu", batch: int = 4, steps: int = 40, repeats:
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "speedup_forward": ratios["forward"], "speedup_forward_backward": ratios["forward_backward"],
         "goal_forward_backward": 10.0,
+        "malloc": "freed memory kept for reuse in every process (raywave.fly.kernel.keep_freed_memory)",
     }  # fmt: skip
     if flyvis is not None:
         fly_rows = {r["mode"]: r for r in rows if r["impl"] == "raywave"}

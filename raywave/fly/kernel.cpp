@@ -49,7 +49,7 @@ void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, con
       const T* xs = x + s * K * C * B;
 #pragma omp for schedule(dynamic, 1)
       for (i64 task = 0; task < n_blk * K; ++task) {
-        const i64 blk = task / K, k = task % K;
+        const i64 k = task / n_blk, blk = task % n_blk;  // model by model: its state stays in cache
         const i64 n0 = blk * bs, n1 = std::min(N, n0 + bs);
         T* __restrict yy = y.data();
         std::fill(yy, yy + (n1 - n0) * B, T(0));
@@ -127,7 +127,7 @@ void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32
       const T* vs = states + s * NB;
 #pragma omp for schedule(dynamic, 1)
       for (i64 task = 0; task < n_blk * K; ++task) {
-        const i64 blk = task / K, k = task % K;
+        const i64 k = task / n_blk, blk = task % n_blk;  // model by model: its state stays in cache
         const i64 n0 = blk * bs, n1 = std::min(N, n0 + bs);
         T* __restrict zz = z.data();
         std::fill(zz, zz + (n1 - n0) * B, T(0));

@@ -39,6 +39,7 @@ from raywave.fly.checkpoints import (
 )
 from raywave.fly.decoder import FlowDecoder, epe
 from raywave.fly.ensemble import FlyEnsemble, central_mean, load_member_optimizer_state, member_optimizer_state
+from raywave.fly.kernel import keep_freed_memory
 from raywave.fly.network import FlyNetwork
 from raywave.fly.sintel import FlySintel
 from raywave.fly.train_config import (
@@ -214,6 +215,8 @@ def train_models(cfgs: list[FlyTrainConfig], outs: list, progress=None, stop_aft
     for k, o in zip(cfgs, outs, strict=True):
         check_run_dir(o, k)
     c = fly_connectome.load(cfg.connectome)
+    if cfg.device == "cpu":
+        keep_freed_memory()  # the same arrays every step: reuse them instead of page-faulting them back in
     if cfg.sintel_root and not Path(cfg.sintel_root).is_dir():
         raise RaywaveError(f"sintel_root {cfg.sintel_root} is not a directory; give the MPI-Sintel root")
     members = [Member(k, o) for k, o in zip(cfgs, outs, strict=True)]
