@@ -42,23 +42,24 @@ def start(stack: contextlib.ExitStack, workers: int, address: str | None, option
         return None, options(this_machine())
     from raywave.runtime import ray_session
 
-    check_embedded(workers, address, options, data_cpus)
+    check_before_start(workers, address, options, data_cpus)
     resources = stack.enter_context(ray_session(address=address))
     opts = options(resources)
     check_resources(resources, opts, data_cpus)
     return resources, opts
 
 
-def check_embedded(workers: int, address: str | None, options: Callable[[dict], FitOptions], data_cpus: float) -> None:
-    """Before an embedded Ray starts: more workers or GPUs than this machine has is one line, exit 2. (Nothing to
-    check without workers, or when attaching to a cluster or to the Ray already running in this process.)"""
+def check_before_start(workers: int, address: str | None, options: Callable[[dict], FitOptions],
+                       data_cpus: float) -> None:  # fmt: skip
+    """Before anything starts: more workers or GPUs than this machine has (an embedded Ray will hold its CPUs and
+    GPUs), or than the Ray already running in this process has, is one line, exit 2. A cluster at `address` is
+    checked once attached, still before any worker starts."""
     if workers == 0 or address or os.environ.get("RAY_ADDRESS"):
         return
     import ray
 
-    if not ray.is_initialized():
-        local = this_machine()
-        check_resources(local, options(local), data_cpus)
+    resources = ray.cluster_resources() if ray.is_initialized() else this_machine()
+    check_resources(resources, options(resources), data_cpus)
 
 
 def lock(stack: contextlib.ExitStack, out: str) -> None:

@@ -63,7 +63,7 @@ def pretrain_run(cfg: PretrainConfig, quiet: bool = False, stop_after: int | Non
     opts = FitOptions(workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=cfg.gpus_per_worker,
                       max_failures=cfg.max_failures, threads=cfg.threads, precision=cfg.precision, seed=cfg.seed,
                       stop_after=stop_after)  # fmt: skip
-    driver.check_embedded(cfg.workers, cfg.address, lambda _resources: opts, DATA_CPUS)
+    driver.check_before_start(cfg.workers, cfg.address, lambda _resources: opts, DATA_CPUS)
     task = NFPTask(NFPConfig.model_validate(cfg.model_dump(include=set(NFPConfig.model_fields))))
     data = task.check(max(cfg.workers, 1))
     ident = identity(cfg)
