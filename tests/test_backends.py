@@ -58,6 +58,7 @@ def isolated():
     }
 
 
+@pytest.mark.slow  # 150 s of 100 cells in both backends, compiled on a fresh machine: minutes (`make test-slow`)
 @pytest.mark.parametrize("backend", ["torch", "brian2"])
 def test_single_cell_bursting(isolated, backend):
     """gA = 0: 100 independent cells. Bursts last seconds, inter-burst intervals are tens of seconds."""
@@ -79,6 +80,7 @@ def test_backends_agree_statistically(isolated):
     assert abs(nt - nb) / nb < 0.2
 
 
+@pytest.mark.slow  # 120 s of the shared lattice in both backends: minutes on 2 CPUs (`make test-slow`)
 def test_coupled_wave_statistics_agree():
     """gA = 0.05 on the shared lattice: event counts and sizes agree between backends within stated bounds."""
     stats = {}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 
+
+@pytest.mark.slow  # two Ray sweeps and two loaders: minutes on 2 CPUs (`make test-slow`)
 def test_bench_data_smoke(ray_local):
     from raywave.bench.data import run_benchmark
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from raywave.data.synthetic_flow import ground_truth, make_scene, render
@@ -15,6 +16,7 @@ from raywave.waves.simulate import simulate
 from .conftest import LATTICE
 
 
+@pytest.mark.slow  # 300 RAFT-small steps: minutes on 2 CPUs (`make test-slow`)
 def test_raft_small_overfits_synthetic_pairs():
     torch.manual_seed(0)
     imgs1, imgs2, flows = [], [], []

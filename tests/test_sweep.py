@@ -74,6 +74,7 @@ def test_bad_sweeps_are_one_line_errors(data, needle, capsys, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # a SIGKILLed simulation actor mid-sweep: minutes on 2 CPUs (`make test-slow`)
 def test_sweep_exact_and_survives_a_killed_worker(ray_local, tmp_path):
     """8 simulations; one actor is SIGKILLed mid-simulation; Ray restarts it and the simulation resumes."""
     from raywave.data.sweep_runner import run_sweep
@@ -125,6 +126,7 @@ def test_sweep_exact_and_survives_a_killed_worker(ray_local, tmp_path):
     assert col.to_numpy_ndarray().shape == (10, 8, 8)
 
 
+@pytest.mark.slow  # a killed driver and a re-run: minutes on 2 CPUs (`make test-slow`)
 def test_interrupted_driver_resumes_without_redoing(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(SWEEP))
