@@ -17,7 +17,8 @@ connectome, `ConnectomeFromAvgFilters`, extent 15; `PPNeuronIGRSynapses`, relu) 
 `steps` frames at dt 0.02 s from its initial state, `DecoderGAVP` (shape [8, 2], kernel 5, dropout 0.5,
 const_weight 0.001, the task config's flow decoder), the l2norm loss and the backward pass (mode
 `forward_backward`); or the network's forward without gradient (mode `forward`). As in `raywave bench fly`: one
-warm-up, then the fastest of `repeats`; peak memory is the process's max RSS.
+warm-up, then the fastest of `repeats` (wall clock, and separately the process's CPU seconds over all its
+threads, which a loaded machine disturbs less); peak memory is the process's max RSS.
 
 torchvision is imported by flyvis' eye rendering only; the PyPI build does not load next to a CPU torch
 (`operator torchvision::nms does not exist`). When it cannot be imported, an empty stand-in module is registered
@@ -108,16 +109,17 @@ def measure(mode: str, batch: int, steps: int, repeats: int, threads: int, seed:
         return activity.detach()
 
     activity = step()  # warm-up
-    best = float("inf")
+    best = cpu = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
-        best = min(best, time.perf_counter() - t0)
+        best, cpu = min(best, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
     free = sum(p.numel() for p in net.parameters() if p.requires_grad)
     return {
         "implementation": "flyvis", "flyvis": flyvis.__version__, "torch": torch.__version__, "mode": mode,
         "batch": batch, "steps": steps, "repeats": repeats, "torch_threads": torch.get_num_threads(),
-        "seconds": best, "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds": best, "cpu_seconds": cpu,
+        "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "neurons": int(activity.shape[-1]), "edges": int(len(net.connectome.edges.source_index[:])),
         "free_network_parameters": int(free), "decoder_parameters": int(sum(p.numel() for p in dec.parameters())),
         "torchvision_stand_in": stand_in, "python": sys.executable,

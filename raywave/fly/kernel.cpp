@@ -84,20 +84,42 @@ void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, con
   }
 }
 
+// The share of the K*G (model, group) weight-gradient sums that thread `part` of `nt` owns: contiguous, balanced
+// by run count (grp_ptr[G] runs per model).
+inline i64 share_start(int part, int nt, i64 K, i64 G, const i64* grp_ptr) {
+  const i64 want = K * grp_ptr[G] * part / nt;
+  i64 lo = 0, hi = K * G;
+  while (lo < hi) {  // first task whose runs begin at or after `want`
+    const i64 mid = (lo + hi) / 2;
+    if ((mid / G) * grp_ptr[G] + grp_ptr[mid % G] < want) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
 // The discrete adjoint of `forward`, backwards over the steps: lam = dL/dV[s+1] (+ g_out[s]), m = a * lam,
-// dL/dV[s] = relu'(V[s]) * (W^T m) + (1 - a) * lam. Writes mu (steps, K*N, B) = m of every step (for the strength
-// gradient), lam_out = dL/dV[0], grad_a[row] = sum over steps and batch of lam * drive, grad_b[row] = sum of m.
-// Runs sorted by *source* block. lbuf: 2*K*N*B scratch.
+// dL/dV[s] = relu'(V[s]) * (W^T m) + (1 - a) * lam. Writes lam_out = dL/dV[0], grad_a[row] = sum over steps and
+// batch of lam * drive, grad_b[row] = sum of m; mu (steps, K*N, B), m of every step, unless null (then mbuf, K*N*B,
+// holds the current step's); and, unless grad_gw is null, the gradient of every model's group weights: for group
+// g of model k, the sum over its edges (tar, src), steps and batch of m[s, k*N + tar] * relu(V[s, k*N + src]).
+// Product runs sorted by *source* block; weight-gradient runs by group (g_ptr: first run of each group), a run
+// being one dot product of len*B consecutive values per step. Each thread owns a fixed share of the weight sums
+// and adds a group's terms in (step, run) order in double: the result does not depend on the thread count.
+// lbuf: 2*K*N*B scratch.
 template <typename T>
 void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32* r_src, const i32* r_len,
-              const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* states,
-              const T* drive, const T* g_out, T* mu, T* lam_out, T* grad_a, T* grad_b, T* lbuf, int threads) {
+              const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const i32* g_tar, const i32* g_src,
+              const i32* g_len, const i64* g_ptr, const T* gw, const T* a, const T* states, const T* drive,
+              const T* g_out, T* mu, T* mbuf, T* lam_out, T* grad_a, T* grad_b, T* grad_gw, T* lbuf, int threads) {
   const i64 KN = K * N, NB = KN * B;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<T> z(bs * B);
     T* lam = lbuf;
     T* nxt = lbuf + NB;
+    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const i64 w0 = grad_gw ? share_start(id, nt, K, G, g_ptr) : 0;
+    const i64 w1 = grad_gw ? share_start(id + 1, nt, K, G, g_ptr) : 0;
+    std::vector<double> acc(w1 - w0, 0.0);
 #pragma omp for schedule(static)
     for (i64 row = 0; row < KN; ++row) {
       grad_a[row] = 0;
@@ -107,7 +129,7 @@ void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32
     for (i64 s = steps - 1; s >= 0; --s) {
       const T* gs = g_out + s * NB;
       const T* ds = drive + s * NB;
-      T* ms = mu + s * NB;
+      T* ms = mu ? mu + s * NB : mbuf;
 #pragma omp for schedule(static)
       for (i64 row = 0; row < KN; ++row) {
         const T ar = a[row];
@@ -125,6 +147,20 @@ void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32
         grad_b[row] = gb;
       }
       const T* vs = states + s * NB;
+      for (i64 task = w0; task < w1; ++task) {  // this thread's weight sums, while m and V[s] are in cache
+        const i64 k = task / G, g = task % G;
+        double sum = 0;
+        for (i64 r = g_ptr[g]; r < g_ptr[g + 1]; ++r) {
+          const T* __restrict p = ms + (k * N + g_tar[r]) * B;
+          const T* __restrict q = vs + (k * N + g_src[r]) * B;
+          const i64 L = (i64)g_len[r] * B;
+          T d = 0;
+#pragma omp simd reduction(+ : d)
+          for (i64 i = 0; i < L; ++i) d += p[i] * (q[i] > 0 ? q[i] : T(0));
+          sum += d;
+        }
+        acc[task - w0] += sum;
+      }
 #pragma omp for schedule(dynamic, 1)
       for (i64 task = 0; task < n_blk * K; ++task) {
         const i64 k = task / n_blk, blk = task % n_blk;  // model by model: its state stays in cache
@@ -152,55 +188,9 @@ void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32
       }
       std::swap(lam, nxt);  // every thread, after the loop's barrier
     }
+    for (i64 task = w0; task < w1; ++task) grad_gw[task] = (T)acc[task - w0];
 #pragma omp for schedule(static)
     for (i64 i = 0; i < NB; ++i) lam_out[i] = lam[i];
-  }
-}
-
-// dL/d(group weight) of model k, group g: the sum over the group's edges (tar, src) and over steps and batch of
-// mu[s, k*N + tar] * relu(states[s, k*N + src]) (both (steps, K*N, B)). Runs sorted by group (grp_ptr: first
-// run of each group); a run's rows are consecutive, so for each step it is one dot product of len*B values.
-// Threads own groups; each loops over the steps outermost (a step's two slices stay in cache across all its
-// groups) and sums a group in (step, run) order, in double: the same order at any thread count.
-template <typename T>
-void weight_grad(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32* r_src, const i32* r_len,
-                 const i64* grp_ptr, const T* mu, const T* states, T* out, int threads) {
-  const i64 NB = K * N * B;
-#pragma omp parallel num_threads(threads)
-  {
-    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-    // contiguous shares of the K*G (model, group) sums, balanced by run count
-    const i64 total = K * grp_ptr[G];
-    auto start = [&](int part) -> i64 {
-      const i64 want = total * part / nt;
-      i64 lo = 0, hi = K * G;
-      while (lo < hi) {  // first task whose runs begin at or after `want`
-        const i64 mid = (lo + hi) / 2;
-        if ((mid / G) * grp_ptr[G] + grp_ptr[mid % G] < want) lo = mid + 1; else hi = mid;
-      }
-      return lo;
-    };
-    const i64 t0 = start(id), t1 = start(id + 1);
-    std::vector<double> acc(t1 - t0, 0.0);
-    for (i64 s = 0; s < steps; ++s) {
-      const T* ms = mu + s * NB;
-      const T* vs = states + s * NB;
-      for (i64 task = t0; task < t1; ++task) {
-        const i64 k = task / G, g = task % G;
-        double sum = 0;
-        for (i64 r = grp_ptr[g]; r < grp_ptr[g + 1]; ++r) {
-          const T* __restrict p = ms + (k * N + r_tar[r]) * B;
-          const T* __restrict q = vs + (k * N + r_src[r]) * B;
-          const i64 L = (i64)r_len[r] * B;
-          T d = 0;
-#pragma omp simd reduction(+ : d)
-          for (i64 i = 0; i < L; ++i) d += p[i] * (q[i] > 0 ? q[i] : T(0));
-          sum += d;
-        }
-        acc[task - t0] += sum;
-      }
-    }
-    for (i64 task = t0; task < t1; ++task) out[task] = (T)acc[task - t0];
   }
 }
 
@@ -220,20 +210,13 @@ FLY_FORWARD(fly_forward_f64, double)
 
 #define FLY_BACKWARD(NAME, T)                                                                                     \
   void NAME(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32* r_src, const i32* r_len,        \
-            const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* states,    \
-            const T* drive, const T* g_out, T* mu, T* lam_out, T* grad_a, T* grad_b, T* lbuf, int threads) {     \
-    backward<T>(K, N, B, steps, G, r_tar, r_src, r_len, r_grp, blk_ptr, n_blk, bs, gw, a, states, drive, g_out,  \
-                mu, lam_out, grad_a, grad_b, lbuf, threads);                                                    \
+            const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const i32* g_tar, const i32* g_src,         \
+            const i32* g_len, const i64* g_ptr, const T* gw, const T* a, const T* states, const T* drive,        \
+            const T* g_out, T* mu, T* mbuf, T* lam_out, T* grad_a, T* grad_b, T* grad_gw, T* lbuf, int threads) { \
+    backward<T>(K, N, B, steps, G, r_tar, r_src, r_len, r_grp, blk_ptr, n_blk, bs, g_tar, g_src, g_len, g_ptr,   \
+                gw, a, states, drive, g_out, mu, mbuf, lam_out, grad_a, grad_b, grad_gw, lbuf, threads);         \
   }
 FLY_BACKWARD(fly_backward_f32, float)
 FLY_BACKWARD(fly_backward_f64, double)
-
-#define FLY_WGRAD(NAME, T)                                                                                        \
-  void NAME(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32* r_src, const i32* r_len,       \
-            const i64* grp_ptr, const T* mu, const T* states, T* out, int threads) {                            \
-    weight_grad<T>(K, N, B, steps, G, r_tar, r_src, r_len, grp_ptr, mu, states, out, threads);                   \
-  }
-FLY_WGRAD(fly_weight_grad_f32, float)
-FLY_WGRAD(fly_weight_grad_f64, double)
 
 }  // extern "C"

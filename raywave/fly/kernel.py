@@ -4,8 +4,9 @@ same interface as the torch path of `raywave.fly.dynamics`.
 The synaptic matrix is stored as runs of consecutive edges of one (type pair, du, dv) group (see kernel.cpp):
 for the published connectome 1,513,231 edges become about 60 k runs, so a step reads a few hundred kB of tables
 instead of a 12 MB CSR matrix, and K models share the tables. One call integrates all steps (the Euler update
-fused with the synaptic sums), one call runs the adjoint, one the gradient of the 2,355 group weights (the
-strengths' gradient then follows by a 2,355-entry gather's backward, not a 1.5 M-edge index_add).
+fused with the synaptic sums); one call runs the adjoint and, step by step while the step's values are in cache,
+the gradient of the 2,355 group weights (the strengths' gradient then follows by a 2,355-entry gather's
+backward, not a 1.5 M-edge index_add). Every array is laid out step by step (T, K·N, B).
 
 Used on the CPU when a C++ compiler is available (`RAYWAVE_FLY_KERNEL=torch` forces the torch path, `native`
 makes a failed build an error); results agree with the torch path to rounding and are bit for bit reproducible
@@ -79,8 +80,7 @@ def _library() -> ctypes.CDLL:
 
     lib, _ = native.load(Path(__file__).with_name("kernel.cpp"), "flykernel",
                          flags=(*native.DEFAULT_FLAGS, "-ffp-contract=fast"))  # fmt: skip
-    for name in ("fly_forward_f32", "fly_forward_f64", "fly_backward_f32", "fly_backward_f64",
-                 "fly_weight_grad_f32", "fly_weight_grad_f64"):  # fmt: skip
+    for name in ("fly_forward_f32", "fly_forward_f64", "fly_backward_f32", "fly_backward_f64"):
         getattr(lib, name).restype = None
     return lib
 
@@ -163,25 +163,21 @@ class _Integrate(torch.autograd.Function):
         n, g = tables.n, tables.n_groups
         steps, _, batch = g_out.shape
         g_out = g_out.contiguous()
-        mu = states.new_empty(steps, k * n, batch)  # a * dL/dV[s+1] of every step
+        need_x = ctx.needs_input_grad[3]
+        mu = states.new_empty(steps, k * n, batch) if need_x else None  # a * dL/dV[s+1] of every step
+        mbuf = None if need_x else states.new_empty(k * n, batch)
         lam = states.new_empty(k * n, batch)
         grad_a, grad_b = states.new_empty(k * n), states.new_empty(k * n)
+        grad_gw = torch.empty_like(gw) if ctx.needs_input_grad[0] else None
         lbuf = states.new_empty(2, k * n, batch)
-        lib, sfx, threads = _library(), _suffix(states.dtype), ctypes.c_int(torch.get_num_threads())
-        r = tables.backward
-        getattr(lib, f"fly_backward_{sfx}")(
-            _i(k), _i(n), _i(batch), _i(steps), _i(g), *_run_args(r), _i(len(r.ptr) - 1), _i(BLOCK), _p(gw),
-            _p(a), _p(states), _p(drive), _p(g_out), _p(mu), _p(lam), _p(grad_a), _p(grad_b), _p(lbuf),
-            threads)  # fmt: skip
-        grad_gw = None
-        if ctx.needs_input_grad[0]:
-            grad_gw = torch.empty_like(gw)
-            r = tables.by_group
-            getattr(lib, f"fly_weight_grad_{sfx}")(_i(k), _i(n), _i(batch), _i(steps), _i(g), _p(r.tar), _p(r.src),
-                                                   _p(r.length), _p(r.ptr), _p(mu), _p(states), _p(grad_gw),
-                                                   threads)  # fmt: skip
+        r, wr = tables.backward, tables.by_group
+        getattr(_library(), f"fly_backward_{_suffix(states.dtype)}")(
+            _i(k), _i(n), _i(batch), _i(steps), _i(g), *_run_args(r), _i(len(r.ptr) - 1), _i(BLOCK), _p(wr.tar),
+            _p(wr.src), _p(wr.length), _p(wr.ptr), _p(gw), _p(a), _p(states), _p(drive), _p(g_out), _p(mu),
+            _p(mbuf), _p(lam), _p(grad_a), _p(grad_b), _p(grad_gw), _p(lbuf),
+            ctypes.c_int(torch.get_num_threads()))  # fmt: skip
         grad_x = None
-        if ctx.needs_input_grad[3]:  # every input type of a column receives the column's luminance
+        if need_x:  # every input type of a column receives the column's luminance
             per = mu.view(steps, k, n, batch)[:, :, ctx.input_index]
             grad_x = per.view(steps, k, -1, ctx.cols, batch).sum(2)  # (T, K, C, B)
         return grad_gw, grad_a.view_as(a), grad_b.view_as(a), grad_x, lam, None, None, None
