@@ -135,14 +135,21 @@ struct Lattice {
 };
 
 // One row of one step: reads hA of rows r-1, r, r+1 from `hold` (padded), writes row r of `hnew`. Not inlined into
-// the OpenMP region, so that the compiler sees plain restrict pointers and vectorises the loop over columns.
+// the OpenMP region, so that the compiler sees plain restrict pointers and vectorises the loops over columns.
+// The step is split into four short loops (noise; the two sigmoids; the K+ gate; the updates) through row
+// buffers in L1, same arithmetic as one loop: measured on the 2-core EPYC, float64 (libmvec calls, whose register
+// spills a long body multiplies) ran ~1/3 faster, float32 ~5%.
 template <typename T, typename M, int NB>
 __attribute__((noinline)) void row_step(T* __restrict V, T* __restrict n, T* __restrict C, T* __restrict S,
                                         T* __restrict R, T* __restrict A, const uint32_t* __restrict cells,
                                         const T* __restrict k, const T* __restrict up, T* __restrict out, int W,
-                                        uint32_t key) {
+                                        uint32_t key, T* __restrict buf) {
   const T* mid = up + (W + 2);
   const T* dn = mid + (W + 2);
+  T* __restrict z = buf;
+  T* __restrict m_inf = buf + W;
+  T* __restrict sig_a = buf + 2 * W;
+  T* __restrict n_new = buf + 3 * W;
   M math;
   const T one = 1, half = T(0.5);
   // constants as locals: loop-invariant loads the vectoriser can hoist
@@ -153,34 +160,45 @@ __attribute__((noinline)) void row_step(T* __restrict V, T* __restrict n, T* __r
       k_dt_taur = k[DT_TAUR], k_alphar = k[ALPHAR], k_dt = k[DT], k_inv_taua = k[INV_TAUA], k_betaa = k[BETAA],
       k_kappaa = k[KAPPAA], k_v0 = k[V0], k_gammaa = k[GAMMAA];
 #pragma omp simd
+  for (int c = 0; c < W; ++c) {  // with sigma = 0, noise_amp = 0 and the noise adds exactly 0 (|z| < 6)
+    uint32_t ha = hash32(cells[c] ^ key);
+    uint32_t hb = hash32(ha ^ STREAM2);
+    z[c] = k_noise_amp * math.normal(ha, hb);
+  }
+#pragma omp simd
+  for (int c = 0; c < W; ++c) {
+    const T v = V[c];
+    m_inf[c] = one / (one + math.exp(-((v - k_v1) * k_k_m)));
+    sig_a[c] = one / (one + math.exp(-(k_kappaa * (v - k_v0))));
+  }
+#pragma omp simd
+  for (int c = 0; c < W; ++c) {  // the K+ gate n (exponential Euler), from the old V and n
+    T e = math.exp((V[c] - k_v3) * k_k_e);
+    T e4 = (e * e) * (e * e);
+    T n_inf = e4 / (one + e4);
+    T lam = half * (e + one / e);
+    T nn = n[c];
+    n_new[c] = n_inf + (nn - n_inf) * math.exp(-k_dt_taun * lam);
+  }
+#pragma omp simd
   for (int c = 0; c < W; ++c) {
     T nsum = up[c] + dn[c] + mid[c - 1] + mid[c + 1];
     if (NB == 8) nsum += up[c - 1] + up[c + 1] + dn[c - 1] + dn[c + 1];
     const T v = V[c], nn = n[c], ca = C[c], s = S[c], rr = R[c], a = A[c];
-    T m_inf = one / (one + math.exp(-((v - k_v1) * k_k_m)));
-    T e = math.exp((v - k_v3) * k_k_e);
-    T e4 = (e * e) * (e * e);
-    T n_inf = e4 / (one + e4);
-    T lam = half * (e + one / e);
-    T i_ca = -k_gc * m_inf * (v - k_vc);
+    T i_ca = -k_gc * m_inf[c] * (v - k_vc);
     T r2 = rr * rr;
     T i_ach = -k_ga * nsum * (v - k_va);
     T current = -k_gl * (v - k_vl) + i_ca - k_gk * nn * (v - k_vk) - k_gsahp * (r2 * r2) * (v - k_vk) +
                 k_iext + i_ach;
     T v_new = v + k_dt_cm * current;
-    {  // with sigma = 0, noise_amp = 0 and this adds exactly 0 (z is finite: |z| < 6)
-      uint32_t ha = hash32(cells[c] ^ key);
-      uint32_t hb = hash32(ha ^ STREAM2);
-      v_new = v_new + k_noise_amp * math.normal(ha, hb);
-    }
+    v_new = v_new + z[c];  // noise
     T c2 = ca * ca;
     V[c] = v_new;
-    n[c] = n_inf + (nn - n_inf) * math.exp(-k_dt_taun * lam);
+    n[c] = n_new[c];
     C[c] = ca + k_dt_tauc * (-k_alphac * ca + k_c0 + k_deltac * i_ca);
     S[c] = s + k_dt_taus * (k_alphas * (c2 * c2) * (one - s) - s);
     R[c] = rr + k_dt_taur * (k_alphar * s * (one - rr) - rr);
-    T sig_a = one / (one + math.exp(-(k_kappaa * (v - k_v0))));
-    T a_new = a + k_dt * (-a * k_inv_taua + k_betaa * sig_a);
+    T a_new = a + k_dt * (-a * k_inv_taua + k_betaa * sig_a[c]);
     A[c] = a_new;
     T a2 = a_new * a_new;
     out[c] = a2 / (k_gammaa + a2);
@@ -208,19 +226,22 @@ void run(Lattice<T> L, T* hA, const T* k, bool periodic, uint32_t seed_key, int6
   fill_halo(buf_a.data(), H, W, periodic);
   T* bufs[2] = {buf_a.data(), buf_b.data()};
 #pragma omp parallel num_threads(threads) if (threads > 1)
-  for (int64_t i = 0; i < nsteps; ++i) {
-    const uint32_t key = hash32(hash32(static_cast<uint32_t>(step0 + i)) ^ seed_key);
-    const T* hold = bufs[i & 1];
-    T* hnew = bufs[(i + 1) & 1];
+  {
+    std::vector<T> rowbuf(size_t(4) * W);  // this thread's row buffers (row_step)
+    for (int64_t i = 0; i < nsteps; ++i) {
+      const uint32_t key = hash32(hash32(static_cast<uint32_t>(step0 + i)) ^ seed_key);
+      const T* hold = bufs[i & 1];
+      T* hnew = bufs[(i + 1) & 1];
 #pragma omp for schedule(static)
-    for (int r = 0; r < H; ++r) {
-      const size_t o = size_t(r) * W;
-      row_step<T, M, NB>(L.V + o, L.n + o, L.C + o, L.S + o, L.R + o, L.A + o, L.cells + o, k,
-                                hold + size_t(r) * P + 1, hnew + size_t(r + 1) * P + 1, W, key);
-    }
-    if (periodic) {
+      for (int r = 0; r < H; ++r) {
+        const size_t o = size_t(r) * W;
+        row_step<T, M, NB>(L.V + o, L.n + o, L.C + o, L.S + o, L.R + o, L.A + o, L.cells + o, k,
+                           hold + size_t(r) * P + 1, hnew + size_t(r + 1) * P + 1, W, key, rowbuf.data());
+      }  // (the implicit barrier: every row of this step is done before the next step reads hA)
+      if (periodic) {
 #pragma omp single
-      fill_halo(hnew, H, W, true);
+        fill_halo(hnew, H, W, true);
+      }
     }
   }
   const T* last = bufs[nsteps & 1];
