@@ -29,6 +29,8 @@ def library(cache: str | Path | None = None) -> tuple[ctypes.CDLL, Build]:
     global _loaded
     if _loaded is not None and cache is None:
         return _loaded
+    if not SOURCE.exists():  # a wheel built without package data
+        raise NativeUnavailable(f"{SOURCE.name} is not installed next to {Path(__file__).name}")
     try:  # float64 through glibc's vector math library (libmvec) where there is one
         lib, b = load(SOURCE, NAME, flags=(*DEFAULT_FLAGS, "-DRW_LIBMVEC"), libs=("-lmvec", "-lm"), cache=cache)
     except NativeUnavailable as e:

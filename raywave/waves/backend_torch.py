@@ -150,7 +150,6 @@ def choose_path(cfg: SimulationConfig, device: torch.device, steps: int) -> tupl
         return "compiled", "torch.compile (--compile on)"
     if cfg.compile == "off":
         return "eager", "eager torch (--compile off)"
-    why_not = None
     if device.type != "cpu":
         why_not = f"the native kernel runs on the CPU, not on {device}"
     else:
