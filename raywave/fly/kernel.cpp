@@ -23,6 +23,22 @@ typedef int64_t i64;
 
 namespace {
 
+// The synaptic sums of one block of output neurons starting at n0, runs r0 .. r1-1 of the block:
+// out[(to[r] - n0)*B + i] += w[grp[r]] * in[from[r]*B + i] for i < len[r]*B (the forward product W relu(V) with
+// to = targets and from = sources; the adjoint's W^T with the two swapped). One contiguous multiply-add per run.
+template <typename T>
+inline void run_products(T* __restrict out, const T* in, const T* w, const i32* to, const i32* from, const i32* len,
+                         const i32* grp, i64 r0, i64 r1, i64 n0, i64 B) {
+  for (i64 r = r0; r < r1; ++r) {
+    const T wr = w[grp[r]];
+    T* __restrict dst = out + (to[r] - n0) * B;
+    const T* __restrict src = in + (i64)from[r] * B;
+    const i64 L = (i64)len[r] * B;
+#pragma omp simd
+    for (i64 i = 0; i < L; ++i) dst[i] += wr * src[i];
+  }
+}
+
 // V[s+1] = V[s] + a * ((bias - V[s] + x[s]) + W relu(V[s])) for s < steps. states: (steps+1, K*N, B) with
 // states[0] = V[0]; drive (steps, K*N, B) = the bracket, for the adjoint (null: not kept). Every array is laid
 // out step by step, so a step reads and writes contiguous memory.
@@ -55,14 +71,7 @@ void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, con
         std::fill(yy, yy + (n1 - n0) * B, T(0));
         const T* w = gw + k * G;
         const T* rk = rc + k * N * B;
-        for (i64 r = blk_ptr[blk]; r < blk_ptr[blk + 1]; ++r) {
-          const T wr = w[r_grp[r]];
-          T* __restrict dst = yy + (r_tar[r] - n0) * B;
-          const T* __restrict src = rk + (i64)r_src[r] * B;
-          const i64 L = (i64)r_len[r] * B;
-#pragma omp simd
-          for (i64 i = 0; i < L; ++i) dst[i] += wr * src[i];
-        }
+        run_products(yy, rk, w, r_tar, r_src, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1], n0, B);
         for (i64 n = n0; n < n1; ++n) {
           const i64 row = k * N + n;
           const T an = a[row], bn = bias[row];
@@ -169,14 +178,7 @@ void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32
         std::fill(zz, zz + (n1 - n0) * B, T(0));
         const T* w = gw + k * G;
         const T* mk = ms + k * N * B;
-        for (i64 r = blk_ptr[blk]; r < blk_ptr[blk + 1]; ++r) {
-          const T wr = w[r_grp[r]];
-          T* __restrict dst = zz + (r_src[r] - n0) * B;
-          const T* __restrict src = mk + (i64)r_tar[r] * B;
-          const i64 L = (i64)r_len[r] * B;
-#pragma omp simd
-          for (i64 i = 0; i < L; ++i) dst[i] += wr * src[i];
-        }
+        run_products(zz, mk, w, r_src, r_tar, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1], n0, B);  // W^T
         for (i64 n = n0; n < n1; ++n) {
           const i64 row = k * N + n;
           const T keep = 1 - a[row];
