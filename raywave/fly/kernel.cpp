@@ -23,16 +23,20 @@ typedef int64_t i64;
 
 namespace {
 
-// The synaptic sums of one block of output neurons starting at n0, runs r0 .. r1-1 of the block:
-// out[(to[r] - n0)*B + i] += w[grp[r]] * in[from[r]*B + i] for i < len[r]*B (the forward product W relu(V) with
-// to = targets and from = sources; the adjoint's W^T with the two swapped). One contiguous multiply-add per run.
+// The synaptic sums of model k for the block of output neurons n0 .. n1-1, runs r0 .. r1-1 of the block:
+// out[(to[r] - n0)*B + i] = sum over runs of w_k[grp[r]] * in_k[from[r]*B + i] for i < len[r]*B, where
+// w_k = gw + k*G and in_k = in + k*N*B (the forward product W relu(V) with to = targets and from = sources; the
+// adjoint's W^T with the two swapped). One contiguous multiply-add per run, in the table's order.
 template <typename T>
-inline void run_products(T* __restrict out, const T* in, const T* w, const i32* to, const i32* from, const i32* len,
-                         const i32* grp, i64 r0, i64 r1, i64 n0, i64 B) {
+inline void block_products(T* __restrict out, const T* in, const T* gw, i64 k, i64 N, i64 B, i64 G, const i32* to,
+                           const i32* from, const i32* len, const i32* grp, i64 r0, i64 r1, i64 n0, i64 n1) {
+  std::fill(out, out + (n1 - n0) * B, T(0));
+  const T* w = gw + k * G;
+  const T* in_k = in + k * N * B;
   for (i64 r = r0; r < r1; ++r) {
     const T wr = w[grp[r]];
     T* __restrict dst = out + (to[r] - n0) * B;
-    const T* __restrict src = in + (i64)from[r] * B;
+    const T* __restrict src = in_k + (i64)from[r] * B;
     const i64 L = (i64)len[r] * B;
 #pragma omp simd
     for (i64 i = 0; i < L; ++i) dst[i] += wr * src[i];
@@ -68,10 +72,7 @@ void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, con
         const i64 k = task / n_blk, blk = task % n_blk;  // model by model: its state stays in cache
         const i64 n0 = blk * bs, n1 = std::min(N, n0 + bs);
         T* __restrict yy = y.data();
-        std::fill(yy, yy + (n1 - n0) * B, T(0));
-        const T* w = gw + k * G;
-        const T* rk = rc + k * N * B;
-        run_products(yy, rk, w, r_tar, r_src, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1], n0, B);
+        block_products(yy, rc, gw, k, N, B, G, r_tar, r_src, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1], n0, n1);
         for (i64 n = n0; n < n1; ++n) {
           const i64 row = k * N + n;
           const T an = a[row], bn = bias[row];
@@ -175,10 +176,8 @@ void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32
         const i64 k = task / n_blk, blk = task % n_blk;  // model by model: its state stays in cache
         const i64 n0 = blk * bs, n1 = std::min(N, n0 + bs);
         T* __restrict zz = z.data();
-        std::fill(zz, zz + (n1 - n0) * B, T(0));
-        const T* w = gw + k * G;
-        const T* mk = ms + k * N * B;
-        run_products(zz, mk, w, r_src, r_tar, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1], n0, B);  // W^T
+        block_products(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1], n0,
+                       n1);  // W^T
         for (i64 n = n0; n < n1; ++n) {
           const i64 row = k * N + n;
           const T keep = 1 - a[row];
