@@ -70,6 +70,7 @@ def test_single_cell_bursting(isolated, backend):
     assert 60 <= ca.min() <= 110 and 250 <= ca.max() <= 450  # rest ~90 nM, bursts 250-370 nM
 
 
+@pytest.mark.slow  # shares the 150 s two-backend simulation above: minutes (`make test-slow`)
 def test_backends_agree_statistically(isolated):
     """Different noise streams, same model: burst statistics agree within 20% (documented tolerance)."""
     (_, bt), (_, bb) = isolated["torch"], isolated["brian2"]
