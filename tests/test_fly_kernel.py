@@ -31,7 +31,7 @@ def test_run_tables_hold_exactly_the_edges(fly_connectome):
     tables = net.run_tables()
     edges = np.stack([c.edge_tar, c.edge_src, c.edge_group])
     edges = edges[:, np.lexsort(edges[::-1])]
-    for runs in (tables.forward, tables.backward, tables.by_group):
+    for runs in (tables.forward, tables.backward):
         assert np.array_equal(_expand(runs), edges)
     # every run of the forward table lies in one block of target neurons, every backward run in one source block
     for runs, pos in ((tables.forward, tables.forward.tar), (tables.backward, tables.backward.src)):
@@ -80,18 +80,54 @@ def test_native_agrees_with_the_torch_path_and_the_per_edge_reference(problem, m
         assert float((b - r).abs().max() / r.abs().max()) < 1e-12, name
 
 
+def _readout_grads(net: FlyNetwork, x, v0, probe, map_probe, decoder) -> list[torch.Tensor]:
+    """The decoder input map and the gradients of a loss on both the map and the voltages."""
+    y, maps = net(x, 0.02, v0, readout=decoder.readout())
+    wrt = [net.v_rest, net.tau, net.strength, x, v0]
+    loss = (y * probe).sum() + (maps * map_probe).sum()
+    return [maps.detach(), *torch.autograd.grad(loss, wrt)]
+
+
+def test_the_readout_map_and_its_gradient_equal_the_decoders_own_map(problem, monkeypatch):
+    """The kernel writes the decoder's input map while it integrates and its adjoint reads the map's gradient:
+    the same values and gradients as gathering the output voltages and building the map with torch ops."""
+    from raywave.fly.decoder import FlowDecoder, input_map
+
+    net, x, v0, probe = problem
+    dec = FlowDecoder(len(net.connectome.output_types)).double()
+    g = torch.Generator().manual_seed(8)
+    map_probe = torch.randn(3, 12, 31, 31, len(net.connectome.output_types), generator=g, dtype=torch.float64)
+    native = _readout_grads(net, x, v0, probe, map_probe, dec)
+    y = net(x, 0.02, v0)
+    maps = input_map(net.output_voltages(y), *dec.readout())
+    assert torch.equal(native[0], maps.detach())
+    assert float(maps.detach().abs().sum()) > 0 and bool((maps == 0).any())  # ReLU'd and off-lattice zeros both present
+    wrt = [net.v_rest, net.tau, net.strength, x, v0]
+    gathered = torch.autograd.grad((y * probe).sum() + (maps * map_probe).sum(), wrt)
+    monkeypatch.setenv("RAYWAVE_FLY_KERNEL", "torch")
+    torch_path = _readout_grads(net, x, v0, probe, map_probe, dec)
+    for a, b, c in zip(native[1:], gathered, torch_path[1:], strict=True):
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-12
+        assert float((c - b).abs().max() / b.abs().max()) < 1e-12
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_results_do_not_depend_on_the_thread_count(problem, dtype):
     net, x, v0, probe = problem
     net = FlyNetwork(net.connectome, seed=4).to(dtype)
     net.load_state_dict(problem[0].state_dict())
     x, v0, probe = (t.detach().to(dtype).requires_grad_(t.requires_grad) for t in (x, v0, probe))
+    from raywave.fly.decoder import FlowDecoder
+
+    dec = FlowDecoder(len(net.connectome.output_types)).to(dtype)
+    map_probe = torch.randn(3, 12, 31, 31, len(net.connectome.output_types), dtype=dtype,
+                            generator=torch.Generator().manual_seed(9))  # fmt: skip
     threads = torch.get_num_threads()
     try:
         runs = []
         for n in (1, 2, 3, 1):
             torch.set_num_threads(n)
-            runs.append(_grads(net, x, v0, probe))
+            runs.append(_grads(net, x, v0, probe) + _readout_grads(net, x, v0, probe, map_probe, dec))
     finally:
         torch.set_num_threads(threads)
     for other in runs[1:]:

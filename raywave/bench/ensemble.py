@@ -39,8 +39,8 @@ def _measure(k: int, device: str, batch: int, steps: int, repeats: int, queue) -
     gens = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
 
     def step():
-        v = ens(x, 0.02)
-        pred = dec(ens.output_voltages(v), gens).permute(3, 0, 1, 2, 4)
+        _, maps = ens(x, 0.02, readout=dec.readout())
+        pred = dec.decode(maps, gens).permute(3, 0, 1, 2, 4)
         opt.zero_grad()
         l2norm_models(pred, target).sum().backward()
         opt.step()

@@ -81,23 +81,28 @@ class FlowDecoder(nn.Module):
     def n_models(self) -> int:
         return len(self.seeds)
 
+    def readout(self) -> tuple[torch.Tensor, int]:
+        """(map_index, side): column i of the network's output goes to position map_index[i] of the side x side
+        input map (pass to `FlyNetwork.forward(..., readout=)` to get the map from the integration itself)."""
+        return self.flat_index, 2 * self.extent + 1
+
     def forward(self, voltages: torch.Tensor, generator=None) -> torch.Tensor:
         """Flow from voltages; in training mode the dropout mask is drawn from `generator` (one per model for
         an ensemble; training passes them per iteration, so masks never depend on the global seed)."""
-        b, t, c, n = voltages.shape
-        side, k = 2 * self.extent + 1, self.n_models
-        x = torch.relu(voltages).transpose(-1, -2).reshape(b * t, n, c)
-        grid = x.new_zeros(b * t, side * side, c)
-        grid[:, self.flat_index] = x
-        x = grid.view(b * t, side, side, c).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
+        return self.decode(input_map(voltages, *self.readout()), generator)
+
+    def decode(self, maps: torch.Tensor, generator=None) -> torch.Tensor:
+        """Flow (batch, frames, columns, [K,] 2) from the input map (batch, frames, side, side, K · n_out): the
+        ReLU of the output voltages on the axial map, as `input_map` or the network's readout gives it."""
+        b, t, side, _, c = maps.shape
+        k, n = self.n_models, len(self.flat_index)
+        x = maps.view(b * t, side, side, c).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
         x = F.softplus(self.norm(self.conv1(x)))
         if self.training and self.dropout > 0:  # inverted dropout; rand >= p is ~4x faster than bernoulli_ on CPU
             gens = generator if isinstance(generator, list | tuple) else [generator] * k
             x = x * dropout_keep(x.shape, self.dropout, gens, x.dtype, x.device)
-        # (indexing with flat_index: its backward accumulates with atomics, harmless here since the indices are
-        # unique, each gradient entry receives exactly one addition onto zero)
-        y = self.conv2(x).permute(0, 2, 3, 1).reshape(b * t, side * side, 3 * k)[:, self.flat_index]  # (bt, n, 3k)
-        y = y.view(b * t, n, k, 3)
+        y = self.conv2(x).permute(0, 2, 3, 1).reshape(b * t, side * side, 3 * k)
+        y = y.index_select(1, self.flat_index).view(b * t, n, k, 3)  # (backward: a serial index_add_)
         flow = y[..., :2] / (F.softplus(y[..., 2:]) + 1)
         return flow.view(b, t, n, 2) if self.single else flow.view(b, t, n, k, 2)
 
@@ -125,6 +130,15 @@ class FlowDecoder(nn.Module):
                     own[name].copy_(value)
                 else:
                     own[name][j * per[name.split(".")[0]] : (j + 1) * per[name.split(".")[0]]].copy_(value)
+
+
+def input_map(voltages: torch.Tensor, map_index: torch.Tensor, side: int) -> torch.Tensor:
+    """The decoder's input map (batch, frames, side, side, channels) from output voltages (batch, frames, channels,
+    columns): their ReLU, column i at position map_index[i], zero off the lattice."""
+    b, t, c, n = voltages.shape
+    grid = voltages.new_zeros(b, t, side * side, c)
+    grid[:, :, map_index] = torch.relu(voltages).transpose(-1, -2)  # unique indices: a plain (gather) backward
+    return grid.view(b, t, side, side, c)
 
 
 def dropout_keep(shape, p: float, generators: list, dtype, device) -> torch.Tensor:

@@ -46,6 +46,7 @@ class FlyEnsemble(nn.Module):
         self.register_buffer("input_index", _tiled(base.input_index, k, self.n_nodes), persistent=False)
         self.register_buffer("model_input_index", base.input_index.clone(), persistent=False)
         self.run_tables = base.run_tables  # the native kernel's tables: one model's, shared by all K
+        self.readout_tables = base.readout_tables
         self.register_buffer("central_index", base.central_index.clone(), persistent=False)
         # decoder input: for every column, model, output type -> node of the K·N state
         out = base.out_index.T.long()  # (columns, types)
@@ -113,17 +114,18 @@ class FlyEnsemble(nn.Module):
         return torch.stack([p.detach().view(k, -1).isfinite().all(1) for p in params]).all(0)
 
     # -- dynamics -------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, dt: float, state: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dt: float, state: torch.Tensor | None = None, readout: tuple | None = None):
         """Voltages (B, T, K·N) — model j's neurons at j·N ... — after each frame of x (K, B, T, columns)
-        from `state` (B, K·N) (default: rest)."""
+        from `state` (B, K·N) (default: rest); with `readout`, also the decoders' input map (B, T, side, side,
+        K·types), model j's types at channels j·types ... (as `FlyNetwork.forward`)."""
         k, batch, steps, cols = x.shape
         if state is None:
             state = self.per_node(self.v_rest).unsqueeze(0).expand(batch, -1)
         a = self.per_node(dt / torch.clamp(self.tau, min=dt))
         b = self.per_node(self.v_rest)
         x_tkcb = x.permute(2, 0, 3, 1).to(state.dtype)  # (T, K, columns, B)
-        v = run_dynamics(self, self.group_weights(), a, b, x_tkcb, state.T.contiguous(), k)
-        return v.permute(2, 0, 1)  # (B, T, K·N), a view
+        out = run_dynamics(self, self.group_weights(), a, b, x_tkcb, state.T.contiguous(), k, readout)
+        return out.permute(2, 0, 1) if readout is None else (out[0].permute(2, 0, 1), out[1])  # (B, T, K·N) view
 
     def steady_state(self, batch: int, dt: float, t_pre: float = 0.5, value: float = 0.5) -> torch.Tensor:
         """(B, K·N) after t_pre seconds of uniform grey from rest, no gradient."""

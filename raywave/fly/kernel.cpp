@@ -43,16 +43,48 @@ inline void block_products(T* __restrict out, const T* in, const T* gw, i64 k, i
   }
 }
 
+// The adjoint's transposed product for the block of source neurons n0 .. n1-1 (runs r0 .. r1-1, with the targets
+// in `from` and the sources in `to`), as block_products, and for every run its term of the weight gradient: the dot
+// product of the run's len x B values of `in` (m at the targets) with relu_blk (ReLU(V) of the block's neurons, in
+// the block's rows) at its sources, added to run_acc[r] in double.
+template <typename T>
+inline void block_products_dots(T* __restrict out, const T* in, const T* gw, i64 k, i64 N, i64 B, i64 G,
+                                const i32* to, const i32* from, const i32* len, const i32* grp, i64 r0, i64 r1,
+                                i64 n0, i64 n1, const T* __restrict relu_blk, double* __restrict run_acc) {
+  std::fill(out, out + (n1 - n0) * B, T(0));
+  const T* w = gw + k * G;
+  const T* in_k = in + k * N * B;
+  for (i64 r = r0; r < r1; ++r) {
+    const T wr = w[grp[r]];
+    T* __restrict dst = out + (to[r] - n0) * B;
+    const T* __restrict q = relu_blk + (to[r] - n0) * B;
+    const T* __restrict src = in_k + (i64)from[r] * B;
+    const i64 L = (i64)len[r] * B;
+    T d = 0;
+#pragma omp simd reduction(+ : d)
+    for (i64 i = 0; i < L; ++i) {
+      dst[i] += wr * src[i];
+      d += src[i] * q[i];
+    }
+    run_acc[r] += d;
+  }
+}
+
 // V[s+1] = V[s] + a * ((bias - V[s] + x[s]) + W relu(V[s])) for s < steps. states: (steps+1, K*N, B) with
 // states[0] = V[0]; drive (steps, K*N, B) = the bracket, for the adjoint (null: not kept). Every array is laid
 // out step by step, so a step reads and writes contiguous memory.
 // Runs sorted by target block (blk_ptr: first run of each block of `bs` target neurons). x: (steps, K, C, B),
 // in_col[n]: the column whose luminance neuron n receives, or -1.
+// The decoder's input (`Readout`, unless grid is null): grid (B, steps, P, K*O), the ReLU of the output neurons'
+// voltages after each step on the decoder's P-position axial map, channels last: output neuron n of model k goes
+// to position o_pos[n], channel k*O + o_chan[n] (o_pos[n] = -1: not an output neuron); the n_off positions off the
+// lattice (off_pos) are zero.
 template <typename T>
 void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, const i32* r_src, const i32* r_len,
              const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* bias,
-             const T* x, const i32* in_col, T* states, T* drive, T* rbuf, int threads) {
-  const i64 NB = K * N * B;
+             const T* x, const i32* in_col, T* states, T* drive, T* rbuf, const i32* o_pos, const i32* o_chan, i64 O,
+             i64 P, const i32* off_pos, i64 n_off, T* grid, int threads) {
+  const i64 NB = K * N * B, KO = K * O;
   T* r_even = rbuf;
   T* r_odd = rbuf + NB;
 #pragma omp parallel num_threads(threads)
@@ -60,6 +92,11 @@ void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, con
     std::vector<T> y(bs * B);
 #pragma omp for schedule(static)
     for (i64 i = 0; i < NB; ++i) r_even[i] = states[i] > 0 ? states[i] : T(0);
+    if (grid) {
+#pragma omp for schedule(static)
+      for (i64 f = 0; f < B * steps; ++f)
+        for (i64 j = 0; j < n_off; ++j) std::fill(grid + (f * P + off_pos[j]) * KO, grid + (f * P + off_pos[j] + 1) * KO, T(0));
+    }
     for (i64 s = 0; s < steps; ++s) {
       const T* rc = (s % 2 == 0) ? r_even : r_odd;
       T* rn = (s % 2 == 0) ? r_odd : r_even;
@@ -77,6 +114,7 @@ void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, con
           const i64 row = k * N + n;
           const T an = a[row], bn = bias[row];
           const i32 c = in_col[n];
+          T* out = (grid && o_pos[n] >= 0) ? grid + (s * P + o_pos[n]) * KO + k * O + o_chan[n] : nullptr;
           for (i64 b = 0; b < B; ++b) {
             const i64 at = row * B + b;
             T dd = bn - v[at];
@@ -87,6 +125,7 @@ void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, con
             vn[at] = vv;
             const T rr = vv > 0 ? vv : T(0);
             rn[at] = rr;
+            if (out) out[b * steps * P * KO] = rr;
           }
         }
       }
@@ -94,42 +133,30 @@ void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, con
   }
 }
 
-// The share of the K*G (model, group) weight-gradient sums that thread `part` of `nt` owns: contiguous, balanced
-// by run count (grp_ptr[G] runs per model).
-inline i64 share_start(int part, int nt, i64 K, i64 G, const i64* grp_ptr) {
-  const i64 want = K * grp_ptr[G] * part / nt;
-  i64 lo = 0, hi = K * G;
-  while (lo < hi) {  // first task whose runs begin at or after `want`
-    const i64 mid = (lo + hi) / 2;
-    if ((mid / G) * grp_ptr[G] + grp_ptr[mid % G] < want) lo = mid + 1; else hi = mid;
-  }
-  return lo;
-}
-
 // The discrete adjoint of `forward`, backwards over the steps: lam = dL/dV[s+1] (+ g_out[s]), m = a * lam,
 // dL/dV[s] = relu'(V[s]) * (W^T m) + (1 - a) * lam. Writes lam_out = dL/dV[0], grad_a[row] = sum over steps and
 // batch of lam * drive, grad_b[row] = sum of m; mu (steps, K*N, B), m of every step, unless null (then mbuf, K*N*B,
 // holds the current step's); and, unless grad_gw is null, the gradient of every model's group weights: for group
 // g of model k, the sum over its edges (tar, src), steps and batch of m[s, k*N + tar] * relu(V[s, k*N + src]).
-// Product runs sorted by *source* block; weight-gradient runs by group (g_ptr: first run of each group), a run
-// being one dot product of len*B consecutive values per step. Each thread owns a fixed share of the weight sums
-// and adds a group's terms in (step, run) order in double: the result does not depend on the thread count.
-// lbuf: 2*K*N*B scratch.
+// Product runs sorted by *source* block. The weight gradient is formed inside the transposed product, which reads
+// the same m: every run's dot product per step is added to its own double sum, in step order, by whichever thread
+// has its block at that step (steps are separated by barriers), and the groups' sums are then added up over their
+// runs in table order: the result does not depend on the thread count.
+// lbuf: 2*K*N*B scratch. g_out (the gradient of the states; null: none) and g_grid (of the readout grid, laid out
+// as `forward` writes it; null: none) are both added to dL/dV[s+1].
 template <typename T>
 void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32* r_src, const i32* r_len,
-              const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const i32* g_tar, const i32* g_src,
-              const i32* g_len, const i64* g_ptr, const T* gw, const T* a, const T* states, const T* drive,
-              const T* g_out, T* mu, T* mbuf, T* lam_out, T* grad_a, T* grad_b, T* grad_gw, T* lbuf, int threads) {
-  const i64 KN = K * N, NB = KN * B;
+              const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* states,
+              const T* drive,
+              const T* g_out, T* mu, T* mbuf, T* lam_out, T* grad_a, T* grad_b, T* grad_gw, T* lbuf,
+              const i32* o_pos, const i32* o_chan, i64 O, i64 P, const T* g_grid, int threads) {
+  const i64 KN = K * N, NB = KN * B, KO = K * O, R = blk_ptr[n_blk];
+  std::vector<double> run_acc(grad_gw ? K * R : 0, 0.0);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> z(bs * B);
+    std::vector<T> z(bs * B), rv(bs * B);
     T* lam = lbuf;
     T* nxt = lbuf + NB;
-    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-    const i64 w0 = grad_gw ? share_start(id, nt, K, G, g_ptr) : 0;
-    const i64 w1 = grad_gw ? share_start(id + 1, nt, K, G, g_ptr) : 0;
-    std::vector<double> acc(w1 - w0, 0.0);
 #pragma omp for schedule(static)
     for (i64 row = 0; row < KN; ++row) {
       grad_a[row] = 0;
@@ -137,16 +164,20 @@ void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32
       for (i64 b = 0; b < B; ++b) lam[row * B + b] = 0;
     }
     for (i64 s = steps - 1; s >= 0; --s) {
-      const T* gs = g_out + s * NB;
+      const T* gs = g_out ? g_out + s * NB : nullptr;
       const T* ds = drive + s * NB;
+      const T* vn = states + (s + 1) * NB;
       T* ms = mu ? mu + s * NB : mbuf;
 #pragma omp for schedule(static)
       for (i64 row = 0; row < KN; ++row) {
         const T ar = a[row];
         T ga = grad_a[row], gb = grad_b[row];
+        const i64 n = row % N, k = row / N;
+        const T* gg = (g_grid && o_pos[n] >= 0) ? g_grid + (s * P + o_pos[n]) * KO + k * O + o_chan[n] : nullptr;
         for (i64 b = 0; b < B; ++b) {
           const i64 at = row * B + b;
-          const T l = lam[at] + gs[at];
+          T l = gs ? lam[at] + gs[at] : lam[at];
+          if (gg && vn[at] > 0) l += gg[b * steps * P * KO];  // through the readout's ReLU
           lam[at] = l;
           const T m = ar * l;
           ms[at] = m;
@@ -157,27 +188,20 @@ void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32
         grad_b[row] = gb;
       }
       const T* vs = states + s * NB;
-      for (i64 task = w0; task < w1; ++task) {  // this thread's weight sums, while m and V[s] are in cache
-        const i64 k = task / G, g = task % G;
-        double sum = 0;
-        for (i64 r = g_ptr[g]; r < g_ptr[g + 1]; ++r) {
-          const T* __restrict p = ms + (k * N + g_tar[r]) * B;
-          const T* __restrict q = vs + (k * N + g_src[r]) * B;
-          const i64 L = (i64)g_len[r] * B;
-          T d = 0;
-#pragma omp simd reduction(+ : d)
-          for (i64 i = 0; i < L; ++i) d += p[i] * (q[i] > 0 ? q[i] : T(0));
-          sum += d;
-        }
-        acc[task - w0] += sum;
-      }
 #pragma omp for schedule(dynamic, 1)
       for (i64 task = 0; task < n_blk * K; ++task) {
         const i64 k = task / n_blk, blk = task % n_blk;  // model by model: its state stays in cache
         const i64 n0 = blk * bs, n1 = std::min(N, n0 + bs);
         T* __restrict zz = z.data();
-        block_products(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1], n0,
-                       n1);  // W^T
+        if (grad_gw) {
+          const T* vb = vs + (k * N + n0) * B;
+          for (i64 i = 0; i < (n1 - n0) * B; ++i) rv[i] = vb[i] > 0 ? vb[i] : T(0);
+          block_products_dots(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1],
+                              n0, n1, rv.data(), run_acc.data() + k * R);  // W^T, and the weight-gradient terms
+        } else {
+          block_products(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1], n0,
+                         n1);  // W^T
+        }
         for (i64 n = n0; n < n1; ++n) {
           const i64 row = k * N + n;
           const T keep = 1 - a[row];
@@ -189,7 +213,14 @@ void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32
       }
       std::swap(lam, nxt);  // every thread, after the loop's barrier
     }
-    for (i64 task = w0; task < w1; ++task) grad_gw[task] = (T)acc[task - w0];
+    if (grad_gw) {
+#pragma omp for schedule(static)
+      for (i64 k = 0; k < K; ++k) {  // each group's sum over its runs, in table order
+        std::vector<double> sum(G, 0.0);
+        for (i64 r = 0; r < R; ++r) sum[r_grp[r]] += run_acc[k * R + r];
+        for (i64 g = 0; g < G; ++g) grad_gw[k * G + g] = (T)sum[g];
+      }
+    }
 #pragma omp for schedule(static)
     for (i64 i = 0; i < NB; ++i) lam_out[i] = lam[i];
   }
@@ -202,20 +233,23 @@ extern "C" {
 #define FLY_FORWARD(NAME, T)                                                                                      \
   void NAME(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, const i32* r_src, const i32* r_len, \
             const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* bias,      \
-            const T* x, const i32* in_col, T* states, T* drive, T* rbuf, int threads) {                          \
+            const T* x, const i32* in_col, T* states, T* drive, T* rbuf, const i32* o_pos, const i32* o_chan,    \
+            i64 O, i64 P, const i32* off_pos, i64 n_off, T* grid, int threads) {                                 \
     forward<T>(K, N, B, steps, G, C, r_tar, r_src, r_len, r_grp, blk_ptr, n_blk, bs, gw, a, bias, x, in_col,     \
-               states, drive, rbuf, threads);                                                                   \
+               states, drive, rbuf, o_pos, o_chan, O, P, off_pos, n_off, grid, threads);                        \
   }
 FLY_FORWARD(fly_forward_f32, float)
 FLY_FORWARD(fly_forward_f64, double)
 
 #define FLY_BACKWARD(NAME, T)                                                                                     \
   void NAME(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32* r_src, const i32* r_len,        \
-            const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const i32* g_tar, const i32* g_src,         \
-            const i32* g_len, const i64* g_ptr, const T* gw, const T* a, const T* states, const T* drive,        \
-            const T* g_out, T* mu, T* mbuf, T* lam_out, T* grad_a, T* grad_b, T* grad_gw, T* lbuf, int threads) { \
-    backward<T>(K, N, B, steps, G, r_tar, r_src, r_len, r_grp, blk_ptr, n_blk, bs, g_tar, g_src, g_len, g_ptr,   \
-                gw, a, states, drive, g_out, mu, mbuf, lam_out, grad_a, grad_b, grad_gw, lbuf, threads);         \
+            const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* states,   \
+            const T* drive,                                                                                      \
+            const T* g_out, T* mu, T* mbuf, T* lam_out, T* grad_a, T* grad_b, T* grad_gw, T* lbuf,               \
+            const i32* o_pos, const i32* o_chan, i64 O, i64 P, const T* g_grid, int threads) {                   \
+    backward<T>(K, N, B, steps, G, r_tar, r_src, r_len, r_grp, blk_ptr, n_blk, bs,                               \
+                gw, a, states, drive, g_out, mu, mbuf, lam_out, grad_a, grad_b, grad_gw, lbuf, o_pos, o_chan, O, P,  \
+                g_grid, threads);                                                                                \
   }
 FLY_BACKWARD(fly_backward_f32, float)
 FLY_BACKWARD(fly_backward_f64, double)

@@ -2,11 +2,12 @@
 same interface as the torch path of `raywave.fly.dynamics`.
 
 The synaptic matrix is stored as runs of consecutive edges of one (type pair, du, dv) group (see kernel.cpp):
-for the published connectome 1,513,231 edges become about 60 k runs, so a step reads a few hundred kB of tables
+for the published connectome 1,513,231 edges become about 73 k runs, so a step reads about 1 MB of tables
 instead of a 12 MB CSR matrix, and K models share the tables. One call integrates all steps (the Euler update
-fused with the synaptic sums); one call runs the adjoint and, step by step while the step's values are in cache,
-the gradient of the 2,355 group weights (the strengths' gradient then follows by a 2,355-entry gather's
-backward, not a 1.5 M-edge index_add). Every array is laid out step by step (T, K·N, B).
+fused with the synaptic sums) and, with a `Readout`, writes the decoder's input map as it goes; one call runs the
+adjoint and, inside its transposed product (which reads the same values), the gradient of the 2,355 group
+weights (the strengths' gradient then follows by a 2,355-entry gather's backward, not a 1.5 M-edge index_add).
+Every array is laid out step by step (T, K·N, B).
 
 Used on the CPU when a C++ compiler is available (`RAYWAVE_FLY_KERNEL=torch` forces the torch path, `native`
 makes a failed build an error); results agree with the torch path to rounding and are bit for bit reproducible
@@ -40,13 +41,12 @@ class Runs:
 
 @dataclass
 class RunTables:
-    """The connectome's edges as runs, in the three orders the kernels read them."""
+    """The connectome's edges as runs, in the two orders the kernels read them."""
 
     n: int
     n_groups: int
     forward: Runs  # by target block, then group
     backward: Runs  # by source block, then group
-    by_group: Runs  # by group (ptr: per group)
     in_col: torch.Tensor  # (N,) int32 column of an input neuron's luminance, -1 for others
 
     @classmethod
@@ -56,8 +56,31 @@ class RunTables:
         in_col[input_index] = np.arange(len(input_index)) % n_columns
         fwd = _runs(src, tar, group, tar // BLOCK, n_blocks=-(-n // BLOCK))
         bwd = _runs(src, tar, group, src // BLOCK, n_blocks=-(-n // BLOCK), along_source=True)
-        by_group = _runs(src, tar, group, group, n_blocks=n_groups)
-        return cls(n, n_groups, fwd, bwd, by_group, torch.from_numpy(in_col))
+        return cls(n, n_groups, fwd, bwd, torch.from_numpy(in_col))
+
+
+@dataclass
+class Readout:
+    """Where the decoder reads the output neurons: each model's output neuron n goes to position pos[n] of the
+    (2e+1)² axial map (-1: not an output neuron), channel chan[n] (its output type); `off` are the map's positions
+    off the lattice (always zero)."""
+
+    pos: torch.Tensor  # (N,) int32
+    chan: torch.Tensor  # (N,) int32
+    off: torch.Tensor  # int32
+    n_out: int  # output types (channels per model)
+    side: int  # the map is side x side
+
+    @classmethod
+    def build(cls, out_index: np.ndarray, flat_index: np.ndarray, n: int, side: int) -> Readout:
+        """out_index (types, columns) node of every output type and column; flat_index (columns,) the column's
+        position on the map."""
+        pos, chan = np.full(n, -1, dtype=np.int32), np.full(n, -1, dtype=np.int32)
+        types, cols = out_index.shape
+        pos[out_index] = np.broadcast_to(flat_index, (types, cols))
+        chan[out_index] = np.arange(types)[:, None]
+        off = np.setdiff1d(np.arange(side * side), flat_index).astype(np.int32)
+        return cls(torch.from_numpy(pos), torch.from_numpy(chan), torch.from_numpy(off), types, side)
 
 
 def _runs(src, tar, group, block, n_blocks: int, along_source: bool = False) -> Runs:
@@ -133,11 +156,18 @@ def _suffix(dtype: torch.dtype) -> str:
     return "f64" if dtype == torch.float64 else "f32"
 
 
+def _readout_args(r: Readout | None) -> list:
+    if r is None:
+        return [_p(None), _p(None), _i(0), _i(0)]
+    return [_p(r.pos), _p(r.chan), _i(r.n_out), _i(r.side * r.side)]
+
+
 class _Integrate(torch.autograd.Function):
-    """K models' Euler integration over T steps; see kernel.cpp. Returns the states after each step (T, K·N, B)."""
+    """K models' Euler integration over T steps; see kernel.cpp. Returns the states after each step (T, K·N, B)
+    and, with a `Readout`, the decoder's input map (B, T, side, side, K·types) (else an empty tensor)."""
 
     @staticmethod
-    def forward(ctx, gw, a, b, x, v0, tables: RunTables, k: int, input_index):
+    def forward(ctx, gw, a, b, x, v0, tables: RunTables, k: int, input_index, readout: Readout | None):
         steps, _, cols, batch = x.shape
         n, g = tables.n, tables.n_groups
         keep = torch.is_grad_enabled() or any(ctx.needs_input_grad[:5])
@@ -146,23 +176,29 @@ class _Integrate(torch.autograd.Function):
         states[0] = v0
         drive = v0.new_empty(steps, k * n, batch) if keep else None
         rbuf = v0.new_empty(2, k * n, batch)
+        r = readout
+        grid = v0.new_empty(batch, steps, r.side, r.side, k * r.n_out) if r is not None else v0.new_empty(0)
         f = tables.forward
         getattr(_library(), f"fly_forward_{_suffix(v0.dtype)}")(
             _i(k), _i(n), _i(batch), _i(steps), _i(g), _i(cols), *_run_args(f), _i(len(f.ptr) - 1), _i(BLOCK),
-            _p(gw), _p(a), _p(b), _p(x), _p(tables.in_col), _p(states), _p(drive), _p(rbuf),
-            ctypes.c_int(torch.get_num_threads()))  # fmt: skip
+            _p(gw), _p(a), _p(b), _p(x), _p(tables.in_col), _p(states), _p(drive), _p(rbuf), *_readout_args(r),
+            _p(r.off if r is not None else None), _i(len(r.off) if r is not None else 0),
+            _p(grid if r is not None else None), ctypes.c_int(torch.get_num_threads()))  # fmt: skip
         if keep:
-            ctx.tables, ctx.k, ctx.input_index, ctx.cols = tables, k, input_index, cols
+            ctx.tables, ctx.k, ctx.input_index, ctx.cols, ctx.readout = tables, k, input_index, cols, readout
             ctx.save_for_backward(gw, a, states, drive)
-        return states[1:]
+            ctx.set_materialize_grads(False)
+        return states[1:], grid
 
     @staticmethod
-    def backward(ctx, g_out):
+    def backward(ctx, g_out, g_grid):
         gw, a, states, drive = ctx.saved_tensors
         tables, k = ctx.tables, ctx.k
         n, g = tables.n, tables.n_groups
-        steps, _, batch = g_out.shape
-        g_out = g_out.contiguous()
+        steps, batch = states.shape[0] - 1, states.shape[2]
+        g_out = g_out.contiguous() if g_out is not None else None
+        ro = ctx.readout if g_grid is not None else None
+        g_grid = g_grid.contiguous() if ro is not None else None
         need_x = ctx.needs_input_grad[3]
         mu = states.new_empty(steps, k * n, batch) if need_x else None  # a * dL/dV[s+1] of every step
         mbuf = None if need_x else states.new_empty(k * n, batch)
@@ -170,21 +206,22 @@ class _Integrate(torch.autograd.Function):
         grad_a, grad_b = states.new_empty(k * n), states.new_empty(k * n)
         grad_gw = torch.empty_like(gw) if ctx.needs_input_grad[0] else None
         lbuf = states.new_empty(2, k * n, batch)
-        r, wr = tables.backward, tables.by_group
+        r = tables.backward
         getattr(_library(), f"fly_backward_{_suffix(states.dtype)}")(
-            _i(k), _i(n), _i(batch), _i(steps), _i(g), *_run_args(r), _i(len(r.ptr) - 1), _i(BLOCK), _p(wr.tar),
-            _p(wr.src), _p(wr.length), _p(wr.ptr), _p(gw), _p(a), _p(states), _p(drive), _p(g_out), _p(mu),
-            _p(mbuf), _p(lam), _p(grad_a), _p(grad_b), _p(grad_gw), _p(lbuf),
+            _i(k), _i(n), _i(batch), _i(steps), _i(g), *_run_args(r), _i(len(r.ptr) - 1), _i(BLOCK), _p(gw), _p(a),
+            _p(states), _p(drive), _p(g_out), _p(mu), _p(mbuf), _p(lam), _p(grad_a), _p(grad_b), _p(grad_gw), _p(lbuf), *_readout_args(ro), _p(g_grid),
             ctypes.c_int(torch.get_num_threads()))  # fmt: skip
         grad_x = None
         if need_x:  # every input type of a column receives the column's luminance
             per = mu.view(steps, k, n, batch)[:, :, ctx.input_index]
             grad_x = per.view(steps, k, -1, ctx.cols, batch).sum(2)  # (T, K, C, B)
-        return grad_gw, grad_a.view_as(a), grad_b.view_as(a), grad_x, lam, None, None, None
+        return grad_gw, grad_a.view_as(a), grad_b.view_as(a), grad_x, lam, None, None, None, None
 
 
 def integrate(gw: torch.Tensor, a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, v0: torch.Tensor,
-              tables: RunTables, k: int, input_index: torch.Tensor) -> torch.Tensor:  # fmt: skip
+              tables: RunTables, k: int, input_index: torch.Tensor, readout: Readout | None = None):  # fmt: skip
     """K models from v0 (K·N, B): gw (K·groups,) group weights, a and b (K·N,) per neuron, x (T, K, C, B)
-    luminance per column; `input_index` the input neurons of one model. -> (T, K·N, B)."""
-    return _Integrate.apply(gw, a, b, x, v0, tables, k, input_index)
+    luminance per column; `input_index` the input neurons of one model. -> (T, K·N, B), and with a `readout`
+    also the decoder's input map (B, T, side, side, K·types): the ReLU of the output neurons' voltages."""
+    states, grid = _Integrate.apply(gw, a, b, x, v0, tables, k, input_index, readout)
+    return states if readout is None else (states, grid)

@@ -16,6 +16,7 @@ from torch import nn
 from raywave.errors import RaywaveError
 from raywave.fly import kernel
 from raywave.fly.connectome import Connectome
+from raywave.fly.decoder import input_map
 from raywave.fly.dynamics import SparseStructure, integrate
 
 INIT = {"v_rest_mean": 0.5, "v_rest_std": 0.05, "tau": 0.05, "strength_scale": 0.01}
@@ -65,6 +66,7 @@ class FlyNetwork(nn.Module):
         self.register_buffer("central_index", torch.from_numpy(c.central_nodes), persistent=False)
         self.register_load_state_dict_pre_hook(_accept_saved_tables)
         self._run_tables: kernel.RunTables | None = None
+        self._readouts: dict[tuple, kernel.Readout] = {}
 
     def run_tables(self) -> kernel.RunTables:
         """The edges as runs for the native kernel (built on first use, shared by ensembles of this network)."""
@@ -74,6 +76,15 @@ class FlyNetwork(nn.Module):
                                                       len(c.group_pair), self.input_index.cpu().numpy(),
                                                       self.n_columns)  # fmt: skip
         return self._run_tables
+
+    def readout_tables(self, map_index: torch.Tensor, side: int) -> kernel.Readout:
+        """Where the native kernel writes the output neurons on the decoder's side x side input map, column i at
+        position map_index[i] (cached per map)."""
+        key = (side, map_index.cpu().numpy().tobytes())
+        if key not in self._readouts:
+            out = self.out_index.cpu().numpy()
+            self._readouts[key] = kernel.Readout.build(out, map_index.cpu().numpy(), self.connectome.n_nodes, side)
+        return self._readouts[key]
 
     # -- parameters -----------------------------------------------------------------------------------
     def _apply(self, fn, *args, **kwargs):  # keep the (non-buffer) sparse structure on the module's device
@@ -130,16 +141,20 @@ class FlyNetwork(nn.Module):
         """(batch, N): every neuron at its type's resting potential."""
         return self.per_node(self.v_rest).unsqueeze(0).expand(batch, -1).clone()
 
-    def forward(self, x: torch.Tensor, dt: float, state: torch.Tensor | None = None) -> torch.Tensor:
-        """Voltages (batch, frames, N) after each stimulus frame x (batch, frames, columns), from `state`."""
+    def forward(self, x: torch.Tensor, dt: float, state: torch.Tensor | None = None, readout: tuple | None = None):
+        """Voltages (batch, frames, N) after each stimulus frame x (batch, frames, columns), from `state`.
+
+        With `readout` = a decoder's `input_map()` (map_index, side), returns (voltages, map): the map is the
+        decoder's input, (batch, frames, side, side, output types), the ReLU of the output neurons' voltages with
+        column i at position map_index[i] (the native kernel writes it as it integrates; see `run_dynamics`)."""
         self._check(x)
         batch, steps, _ = x.shape
         v0 = self.resting_state(batch) if state is None else state
         a = self.per_node(dt / torch.clamp(self.tau, min=dt))
         b = self.per_node(self.v_rest)
         x_tkcb = x.permute(1, 2, 0).unsqueeze(1)  # (T, 1, columns, B)
-        out = run_dynamics(self, self.group_weights(), a, b, x_tkcb.to(v0.dtype), v0.T.contiguous(), 1)
-        return out.permute(2, 0, 1)  # (B, T, N), a view
+        out = run_dynamics(self, self.group_weights(), a, b, x_tkcb.to(v0.dtype), v0.T.contiguous(), 1, readout)
+        return out.permute(2, 0, 1) if readout is None else (out[0].permute(2, 0, 1), out[1])  # (B, T, N), a view
 
     def steady_state(
         self, batch: int, dt: float, t_pre: float = 0.5, value: float = 0.5, grad: bool = False
@@ -203,18 +218,26 @@ class FlyNetwork(nn.Module):
 
 
 def run_dynamics(net, gw: torch.Tensor, a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, v0: torch.Tensor,
-                 k: int) -> torch.Tensor:  # fmt: skip
+                 k: int, readout: tuple | None = None):  # fmt: skip
     """K models' integration on `net` (a FlyNetwork, or a FlyEnsemble of k models): gw (K·groups,) group weights,
     a and b (K·N,), x (T, K, columns, B), v0 (K·N, B) -> (T, K·N, B). The native kernel on the CPU when it
-    builds (`raywave.fly.kernel`), else the torch sparse-product path (`raywave.fly.dynamics`)."""
+    builds (`raywave.fly.kernel`), else the torch sparse-product path (`raywave.fly.dynamics`).
+
+    With `readout` (map_index, side) -> ((T, K·N, B), the decoder's input map (B, T, side, side, K·types)): the
+    native kernel writes the map as it integrates, and its adjoint reads the map's gradient directly (no gather
+    of the output neurons, no dense (T, K·N, B) gradient); the torch path builds the map from the voltages."""
     if kernel.available(v0.device, v0.dtype):
-        return kernel.integrate(gw, a, b, x, v0, net.run_tables(), k, net.model_input_index)
+        tables = net.readout_tables(*readout) if readout is not None else None
+        return kernel.integrate(gw, a, b, x, v0, net.run_tables(), k, net.model_input_index, tables)
     steps, _, cols, batch = x.shape
     n_in = len(net.input_index) // (k * cols)
     x_in = x.repeat(1, 1, n_in, 1).reshape(steps, -1, batch)  # (T, K·M, B): same luminance for every input type
     w_t = gw.detach().index_select(0, net.csr_group_t)  # W^T's values: no gradient needed
-    return integrate(gw.index_select(0, net.csr_group), a.unsqueeze(1), b.unsqueeze(1), x_in, v0, net.structure,
-                     net.input_index, w_t)  # fmt: skip
+    v = integrate(gw.index_select(0, net.csr_group), a.unsqueeze(1), b.unsqueeze(1), x_in, v0, net.structure,
+                  net.input_index, w_t)  # fmt: skip
+    if readout is None:
+        return v
+    return v, input_map(net.output_voltages(v.permute(2, 0, 1)), *readout)
 
 
 #: index tables that checkpoints written before they became derived-only still carry

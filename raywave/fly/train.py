@@ -62,8 +62,8 @@ def predict(net: FlyNetwork, decoder: FlowDecoder, lum: torch.Tensor, cfg: FlyTr
     """(flow prediction, voltages) for a batch of luminance (B, T, columns), from the grey steady state;
     `generator` draws the dropout mask in training mode."""
     state = net.steady_state(lum.shape[0], cfg.dt, cfg.t_pre)
-    v = net(lum, cfg.dt, state)
-    return decoder(net.output_voltages(v), generator), v
+    v, maps = net(lum, cfg.dt, state, readout=decoder.readout())
+    return decoder.decode(maps, generator), v
 
 
 @torch.no_grad()
@@ -138,8 +138,8 @@ class Pass:
     def predict(self, lum: torch.Tensor, cfg: FlyTrainConfig, generators=None) -> tuple:
         """(flow (K, B, T, columns, 2), voltages (B, T, K·N)) for luminance (K, B, T, columns)."""
         state = self.ens.steady_state(lum.shape[1], cfg.dt, cfg.t_pre)
-        v = self.ens(lum, cfg.dt, state)
-        return self.dec(self.ens.output_voltages(v), generators).permute(3, 0, 1, 2, 4), v
+        v, maps = self.ens(lum, cfg.dt, state, readout=self.dec.readout())
+        return self.dec.decode(maps, generators).permute(3, 0, 1, 2, 4), v
 
 
 def l2norm_models(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
