@@ -209,7 +209,8 @@ class _Integrate(torch.autograd.Function):
         r = tables.backward
         getattr(_library(), f"fly_backward_{_suffix(states.dtype)}")(
             _i(k), _i(n), _i(batch), _i(steps), _i(g), *_run_args(r), _i(len(r.ptr) - 1), _i(BLOCK), _p(gw), _p(a),
-            _p(states), _p(drive), _p(g_out), _p(mu), _p(mbuf), _p(lam), _p(grad_a), _p(grad_b), _p(grad_gw), _p(lbuf), *_readout_args(ro), _p(g_grid),
+            _p(states), _p(drive), _p(g_out), _p(mu), _p(mbuf), _p(lam), _p(grad_a), _p(grad_b), _p(grad_gw),
+            _p(lbuf), *_readout_args(ro), _p(g_grid),
             ctypes.c_int(torch.get_num_threads()))  # fmt: skip
         grad_x = None
         if need_x:  # every input type of a column receives the column's luminance
