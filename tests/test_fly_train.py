@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from raywave.data.synthetic_flow import write_sintel
-from raywave.fly.decoder import FlowDecoder, epe, l2norm
+from raywave.fly.decoder import FlowDecoder, dropout_keep, epe, l2norm
 from raywave.fly.train import FlyTrainConfig, learning_rate, train_one
 
 from .conftest import ROOT, run_cli
@@ -104,6 +104,27 @@ def test_learning_rate_schedule():
     assert [learning_rate(cfg, i) for i in (0, 33, 34, 66, 67, 99)] == pytest.approx(
         [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]
     )
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3])
+def test_dropout_masks_keep_1_minus_p_independently_and_per_model(p):
+    """Both ways of drawing the mask (keep bits per position for p = 0.5, a uniform per element otherwise) keep a
+    fraction 1 - p of the units, independently across channels and frames, scaled by 1/(1-p); model j's mask in a
+    pass of 3 is its mask alone."""
+    n, hidden, side = 40, 8, 31
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    alone = dropout_keep((n, hidden, side, side), p, gens([11]), torch.float64, "cpu")
+    assert set(alone.unique().tolist()) == {0.0, 1 / (1 - p)}
+    kept = (alone > 0).double()
+    sd = (p * (1 - p) / kept.numel()) ** 0.5
+    assert abs(float(kept.mean()) - (1 - p)) < 5 * sd  # binomial: 5 standard deviations
+    flat = kept.permute(1, 0, 2, 3).reshape(hidden, -1)  # (channels, units)
+    corr = torch.corrcoef(flat)
+    off = corr[~torch.eye(hidden, dtype=torch.bool)]
+    assert float(off.abs().max()) < 5 / flat.shape[1] ** 0.5  # channels uncorrelated
+    assert not torch.equal(kept[0], kept[1])  # frames differ
+    pass3 = dropout_keep((n, 3 * hidden, side, side), p, gens([5, 11, 7]), torch.float64, "cpu")
+    assert torch.equal(pass3[:, hidden : 2 * hidden], alone)
 
 
 def test_short_run_beats_zero_flow(flow_root, tmp_path):

@@ -98,7 +98,7 @@ class FlowDecoder(nn.Module):
         k, n = self.n_models, len(self.flat_index)
         x = maps.view(b * t, side, side, c).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
         x = F.softplus(self.norm(self.conv1(x)))
-        if self.training and self.dropout > 0:  # inverted dropout; rand >= p is ~4x faster than bernoulli_ on CPU
+        if self.training and self.dropout > 0:  # inverted dropout (see dropout_keep)
             gens = generator if isinstance(generator, list | tuple) else [generator] * k
             x = x * dropout_keep(x.shape, self.dropout, gens, x.dtype, x.device)
         y = self.conv2(x).permute(0, 2, 3, 1).reshape(b * t, side * side, 3 * k)
@@ -143,13 +143,26 @@ def input_map(voltages: torch.Tensor, map_index: torch.Tensor, side: int) -> tor
 
 def dropout_keep(shape, p: float, generators: list, dtype, device) -> torch.Tensor:
     """Inverted-dropout multiplier for NCHW `shape` (K models' channels side by side), laid out like the
-    decoder's channels-last maps: values 0 or 1/(1-p). Model j's channels are drawn from generators[j] in
-    (frame, row, col, channel) order, so a model's mask is the same alone or in an ensemble."""
+    decoder's channels-last maps: values 0 or 1/(1-p). Model j's mask is drawn from generators[j] in (frame, row,
+    col, channel) order, so a model's mask is the same alone or in an ensemble.
+
+    For p = 0.5 (flyvis' and the default) and up to 12 channels per model, one random integer per position and
+    model gives all its channels' keep bits, looked up as a row of a table already in the maps' layout: 8x fewer
+    random numbers than one uniform per element, and no interleaving pass (about 10 ms less per model and step
+    on a CPU). Otherwise a uniform per element, kept where it is at least p."""
     n, c, h, w = shape
     k = len(generators)
-    u = torch.empty((n, h, w, k, c // k), dtype=dtype, device=device)
-    for j, g in enumerate(generators):  # one stream per model: the only per-model loop of a step (random numbers)
-        u[:, :, :, j] = torch.rand((n, h, w, c // k), generator=g, dtype=dtype, device=device)
+    per = c // k
+    if p == 0.5 and per <= 12:
+        words = torch.empty((k, n * h * w), dtype=torch.int64, device=device)
+        for j, g in enumerate(generators):  # one stream per model: the only per-model loop of a step
+            words[j].random_(0, 1 << per, generator=g)
+        bits = torch.arange(1 << per, device=device).unsqueeze(-1) >> torch.arange(per, device=device)
+        table = (bits & 1).to(dtype) * 2  # row r: the multipliers of keep bits r
+        return table.index_select(0, words.T.reshape(-1)).view(n, h, w, c).permute(0, 3, 1, 2)
+    u = torch.empty((n, h, w, k, per), dtype=dtype, device=device)
+    for j, g in enumerate(generators):
+        u[:, :, :, j] = torch.rand((n, h, w, per), generator=g, dtype=dtype, device=device)
     return u.view(n, h, w, c).ge_(p).mul_(1 / (1 - p)).permute(0, 3, 1, 2)
 
 

@@ -61,26 +61,27 @@ class RunTables:
 
 @dataclass
 class Readout:
-    """Where the decoder reads the output neurons: each model's output neuron n goes to position pos[n] of the
-    (2e+1)² axial map (-1: not an output neuron), channel chan[n] (its output type); `off` are the map's positions
-    off the lattice (always zero)."""
+    """Where the decoder reads the output neurons on its (side x side) axial input map: output type c's neuron at
+    column i, nodes[c·columns + i], goes to position pos[i], channel c; `off` are the map's positions off the
+    lattice (always zero)."""
 
-    pos: torch.Tensor  # (N,) int32
-    chan: torch.Tensor  # (N,) int32
+    nodes: torch.Tensor  # (types · columns,) int32
+    pos: torch.Tensor  # (columns,) int32
     off: torch.Tensor  # int32
     n_out: int  # output types (channels per model)
-    side: int  # the map is side x side
+    side: int
 
     @classmethod
-    def build(cls, out_index: np.ndarray, flat_index: np.ndarray, n: int, side: int) -> Readout:
-        """out_index (types, columns) node of every output type and column; flat_index (columns,) the column's
-        position on the map."""
-        pos, chan = np.full(n, -1, dtype=np.int32), np.full(n, -1, dtype=np.int32)
-        types, cols = out_index.shape
-        pos[out_index] = np.broadcast_to(flat_index, (types, cols))
-        chan[out_index] = np.arange(types)[:, None]
-        off = np.setdiff1d(np.arange(side * side), flat_index).astype(np.int32)
-        return cls(torch.from_numpy(pos), torch.from_numpy(chan), torch.from_numpy(off), types, side)
+    def build(cls, out_index: np.ndarray, map_index: np.ndarray, side: int) -> Readout:
+        """out_index (types, columns): the node of every output type and column; map_index (columns,): the
+        column's position on the map."""
+        off = np.setdiff1d(np.arange(side * side), map_index)
+        i32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32))  # noqa: E731
+        return cls(i32(out_index.reshape(-1)), i32(map_index), i32(off), out_index.shape[0], side)
+
+    @property
+    def columns(self) -> int:
+        return len(self.pos)
 
 
 def _runs(src, tar, group, block, n_blocks: int, along_source: bool = False) -> Runs:
@@ -103,7 +104,8 @@ def _library() -> ctypes.CDLL:
 
     lib, _ = native.load(Path(__file__).with_name("kernel.cpp"), "flykernel",
                          flags=(*native.DEFAULT_FLAGS, "-ffp-contract=fast"))  # fmt: skip
-    for name in ("fly_forward_f32", "fly_forward_f64", "fly_backward_f32", "fly_backward_f64"):
+    for name in ("fly_forward_f32", "fly_forward_f64", "fly_backward_f32", "fly_backward_f64", "fly_readout_f32",
+                 "fly_readout_f64", "fly_readout_grad_f32", "fly_readout_grad_f64"):  # fmt: skip
         getattr(lib, name).restype = None
     return lib
 
@@ -156,12 +158,6 @@ def _suffix(dtype: torch.dtype) -> str:
     return "f64" if dtype == torch.float64 else "f32"
 
 
-def _readout_args(r: Readout | None) -> list:
-    if r is None:
-        return [_p(None), _p(None), _i(0), _i(0)]
-    return [_p(r.pos), _p(r.chan), _i(r.n_out), _i(r.side * r.side)]
-
-
 class _Integrate(torch.autograd.Function):
     """K models' Euler integration over T steps; see kernel.cpp. Returns the states after each step (T, K·N, B)
     and, with a `Readout`, the decoder's input map (B, T, side, side, K·types) (else an empty tensor)."""
@@ -176,14 +172,17 @@ class _Integrate(torch.autograd.Function):
         states[0] = v0
         drive = v0.new_empty(steps, k * n, batch) if keep else None
         rbuf = v0.new_empty(2, k * n, batch)
-        r = readout
-        grid = v0.new_empty(batch, steps, r.side, r.side, k * r.n_out) if r is not None else v0.new_empty(0)
-        f = tables.forward
+        f, threads = tables.forward, ctypes.c_int(torch.get_num_threads())
         getattr(_library(), f"fly_forward_{_suffix(v0.dtype)}")(
             _i(k), _i(n), _i(batch), _i(steps), _i(g), _i(cols), *_run_args(f), _i(len(f.ptr) - 1), _i(BLOCK),
-            _p(gw), _p(a), _p(b), _p(x), _p(tables.in_col), _p(states), _p(drive), _p(rbuf), *_readout_args(r),
-            _p(r.off if r is not None else None), _i(len(r.off) if r is not None else 0),
-            _p(grid if r is not None else None), ctypes.c_int(torch.get_num_threads()))  # fmt: skip
+            _p(gw), _p(a), _p(b), _p(x), _p(tables.in_col), _p(states), _p(drive), _p(rbuf), threads)  # fmt: skip
+        grid = v0.new_empty(0)
+        if readout is not None:  # a pass of its own, in the map's order (see kernel.cpp)
+            r = readout
+            grid = v0.new_empty(batch, steps, r.side, r.side, k * r.n_out)
+            getattr(_library(), f"fly_readout_{_suffix(v0.dtype)}")(
+                _i(k), _i(n), _i(batch), _i(steps), _i(r.n_out), _i(r.columns), _i(r.side**2), _p(r.nodes),
+                _p(r.pos), _p(r.off), _i(len(r.off)), _p(states), _p(grid), threads)  # fmt: skip
         if keep:
             ctx.tables, ctx.k, ctx.input_index, ctx.cols, ctx.readout = tables, k, input_index, cols, readout
             ctx.save_for_backward(gw, a, states, drive)
@@ -197,8 +196,12 @@ class _Integrate(torch.autograd.Function):
         n, g = tables.n, tables.n_groups
         steps, batch = states.shape[0] - 1, states.shape[2]
         g_out = g_out.contiguous() if g_out is not None else None
-        ro = ctx.readout if g_grid is not None else None
-        g_grid = g_grid.contiguous() if ro is not None else None
+        ro, g_slots = ctx.readout if g_grid is not None else None, None
+        if ro is not None:  # the map's gradient per output neuron, in the order the adjoint reads it
+            g_slots, g_grid = states.new_empty(steps, k, ro.n_out * ro.columns, batch), g_grid.contiguous()
+            getattr(_library(), f"fly_readout_grad_{_suffix(states.dtype)}")(
+                _i(k), _i(batch), _i(steps), _i(ro.n_out), _i(ro.columns), _i(ro.side**2), _p(ro.pos),
+                _p(g_grid), _p(g_slots), ctypes.c_int(torch.get_num_threads()))  # fmt: skip
         need_x = ctx.needs_input_grad[3]
         mu = states.new_empty(steps, k * n, batch) if need_x else None  # a * dL/dV[s+1] of every step
         mbuf = None if need_x else states.new_empty(k * n, batch)
@@ -210,7 +213,8 @@ class _Integrate(torch.autograd.Function):
         getattr(_library(), f"fly_backward_{_suffix(states.dtype)}")(
             _i(k), _i(n), _i(batch), _i(steps), _i(g), *_run_args(r), _i(len(r.ptr) - 1), _i(BLOCK), _p(gw), _p(a),
             _p(states), _p(drive), _p(g_out), _p(mu), _p(mbuf), _p(lam), _p(grad_a), _p(grad_b), _p(grad_gw),
-            _p(lbuf), *_readout_args(ro), _p(g_grid),
+            _p(lbuf), _p(ro.nodes if ro is not None else None), _i(ro.n_out * ro.columns if ro is not None else 0),
+            _p(g_slots),
             ctypes.c_int(torch.get_num_threads()))  # fmt: skip
         grad_x = None
         if need_x:  # every input type of a column receives the column's luminance

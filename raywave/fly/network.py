@@ -83,7 +83,7 @@ class FlyNetwork(nn.Module):
         key = (side, map_index.cpu().numpy().tobytes())
         if key not in self._readouts:
             out = self.out_index.cpu().numpy()
-            self._readouts[key] = kernel.Readout.build(out, map_index.cpu().numpy(), self.connectome.n_nodes, side)
+            self._readouts[key] = kernel.Readout.build(out, map_index.cpu().numpy(), side)
         return self._readouts[key]
 
     # -- parameters -----------------------------------------------------------------------------------
