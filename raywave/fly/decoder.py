@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from raywave.fly import hexlattice
+from raywave.fly import hexconv, hexlattice
 
 
 class HexConv(nn.Conv2d):
@@ -32,9 +32,12 @@ class HexConv(nn.Conv2d):
         self.register_buffer("mask", torch.from_numpy(mask))
         with torch.no_grad():
             self.weight.mul_(self.mask)
+        self._taps = None  # the unmasked taps, for the native backward (built on first use)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding, groups=self.groups)
+        if self._taps is None:
+            self._taps = hexconv.taps(self.mask)
+        return hexconv.hex_conv(x, self.weight, self.bias, self.mask, self.groups, self._taps)
 
 
 class FlowDecoder(nn.Module):

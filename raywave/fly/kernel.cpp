@@ -27,9 +27,10 @@ namespace {
 // out[(to[r] - n0)*B + i] = sum over runs of w_k[grp[r]] * in_k[from[r]*B + i] for i < len[r]*B, where
 // w_k = gw + k*G and in_k = in + k*N*B (the forward product W relu(V) with to = targets and from = sources; the
 // adjoint's W^T with the two swapped). One contiguous multiply-add per run, in the table's order.
-template <typename T>
-inline void block_products(T* __restrict out, const T* in, const T* gw, i64 k, i64 N, i64 B, i64 G, const i32* to,
+template <typename T, int BC>
+inline void block_products(T* __restrict out, const T* in, const T* gw, i64 k, i64 N, i64 B_rt, i64 G, const i32* to,
                            const i32* from, const i32* len, const i32* grp, i64 r0, i64 r1, i64 n0, i64 n1) {
+  const i64 B = BC ? BC : B_rt;
   std::fill(out, out + (n1 - n0) * B, T(0));
   const T* w = gw + k * G;
   const T* in_k = in + k * N * B;
@@ -47,10 +48,11 @@ inline void block_products(T* __restrict out, const T* in, const T* gw, i64 k, i
 // in `from` and the sources in `to`), as block_products, and for every run its term of the weight gradient: the dot
 // product of the run's len x B values of `in` (m at the targets) with relu_blk (ReLU(V) of the block's neurons, in
 // the block's rows) at its sources, added to run_acc[r] in double.
-template <typename T>
-inline void block_products_dots(T* __restrict out, const T* in, const T* gw, i64 k, i64 N, i64 B, i64 G,
+template <typename T, int BC>
+inline void block_products_dots(T* __restrict out, const T* in, const T* gw, i64 k, i64 N, i64 B_rt, i64 G,
                                 const i32* to, const i32* from, const i32* len, const i32* grp, i64 r0, i64 r1,
                                 i64 n0, i64 n1, const T* __restrict relu_blk, double* __restrict run_acc) {
+  const i64 B = BC ? BC : B_rt;
   std::fill(out, out + (n1 - n0) * B, T(0));
   const T* w = gw + k * G;
   const T* in_k = in + k * N * B;
@@ -87,37 +89,44 @@ void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, con
     std::vector<T> y(bs * B);
 #pragma omp for schedule(static)
     for (i64 i = 0; i < NB; ++i) r_even[i] = states[i] > 0 ? states[i] : T(0);
-    for (i64 s = 0; s < steps; ++s) {
-      const T* rc = (s % 2 == 0) ? r_even : r_odd;
-      T* rn = (s % 2 == 0) ? r_odd : r_even;
-      const T* v = states + s * NB;
-      T* vn = states + (s + 1) * NB;
-      T* d = drive ? drive + s * NB : nullptr;
-      const T* xs = x + s * K * C * B;
+    // model after model (the models are independent): one model's state of a step (~0.7 MB at batch 4) and its
+    // tables stay in the caches, where all K models' (K x that) would not
+    for (i64 k = 0; k < K; ++k)
+      for (i64 s = 0; s < steps; ++s) {
+        const T* rc = (s % 2 == 0) ? r_even : r_odd;
+        T* rn = (s % 2 == 0) ? r_odd : r_even;
+        const T* v = states + s * NB;
+        T* vn = states + (s + 1) * NB;
+        T* d = drive ? drive + s * NB : nullptr;
+        const T* xs = x + s * K * C * B;
 #pragma omp for schedule(dynamic, 1)
-      for (i64 task = 0; task < n_blk * K; ++task) {
-        const i64 k = task / n_blk, blk = task % n_blk;  // model by model: its state stays in cache
-        const i64 n0 = blk * bs, n1 = std::min(N, n0 + bs);
-        T* __restrict yy = y.data();
-        block_products(yy, rc, gw, k, N, B, G, r_tar, r_src, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1], n0, n1);
-        for (i64 n = n0; n < n1; ++n) {
-          const i64 row = k * N + n;
-          const T an = a[row], bn = bias[row];
-          const i32 c = in_col[n];
-          for (i64 b = 0; b < B; ++b) {
-            const i64 at = row * B + b;
-            T dd = bn - v[at];
-            if (c >= 0) dd += xs[(k * C + c) * B + b];
-            dd += yy[(n - n0) * B + b];
-            if (d) d[at] = dd;
-            const T vv = v[at] + an * dd;
-            vn[at] = vv;
-            const T rr = vv > 0 ? vv : T(0);
-            rn[at] = rr;
+        for (i64 blk = 0; blk < n_blk; ++blk) {
+          const i64 n0 = blk * bs, n1 = std::min(N, n0 + bs);
+          T* __restrict yy = y.data();
+          if (B == 4)  // the training batch: a compile-time row width, whole vectors per run
+            block_products<T, 4>(yy, rc, gw, k, N, B, G, r_tar, r_src, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1],
+                                 n0, n1);
+          else
+            block_products<T, 0>(yy, rc, gw, k, N, B, G, r_tar, r_src, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1],
+                                 n0, n1);
+          for (i64 n = n0; n < n1; ++n) {
+            const i64 row = k * N + n;
+            const T an = a[row], bn = bias[row];
+            const i32 c = in_col[n];
+            for (i64 b = 0; b < B; ++b) {
+              const i64 at = row * B + b;
+              T dd = bn - v[at];
+              if (c >= 0) dd += xs[(k * C + c) * B + b];
+              dd += yy[(n - n0) * B + b];
+              if (d) d[at] = dd;
+              const T vv = v[at] + an * dd;
+              vn[at] = vv;
+              const T rr = vv > 0 ? vv : T(0);
+              rn[at] = rr;
+            }
           }
         }
       }
-    }
   }
 }
 
@@ -196,67 +205,74 @@ void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32
     std::vector<T> z(bs * B), rv(bs * B);
     T* lam = lbuf;
     T* nxt = lbuf + NB;
+    for (i64 k = 0; k < K; ++k) {  // model after model, as in `forward`
 #pragma omp for schedule(static)
-    for (i64 row = 0; row < KN; ++row) {
-      grad_a[row] = 0;
-      grad_b[row] = 0;
-      for (i64 b = 0; b < B; ++b) lam[row * B + b] = 0;
-    }
-    for (i64 s = steps - 1; s >= 0; --s) {
-      const T* gs = g_out ? g_out + s * NB : nullptr;
-      const T* ds = drive + s * NB;
-      const T* vn = states + (s + 1) * NB;
-      T* ms = mu ? mu + s * NB : mbuf;
-      if (g_slots) {  // the readout's gradient, through its ReLU (a loop of its own: the next one stays simple)
-        const T* gg = g_slots + s * K * S * B;
-#pragma omp for schedule(static)
-        for (i64 j = 0; j < K * S; ++j) {
-          const i64 at = ((j / S) * N + o_nodes[j % S]) * B;
-          for (i64 b = 0; b < B; ++b)
-            if (vn[at + b] > 0) lam[at + b] += gg[j * B + b];
-        }
+      for (i64 row = k * N; row < (k + 1) * N; ++row) {
+        grad_a[row] = 0;
+        grad_b[row] = 0;
+        for (i64 b = 0; b < B; ++b) lam[row * B + b] = 0;
       }
+      for (i64 s = steps - 1; s >= 0; --s) {
+        const T* gs = g_out ? g_out + s * NB : nullptr;
+        const T* ds = drive + s * NB;
+        const T* vn = states + (s + 1) * NB;
+        T* ms = mu ? mu + s * NB : mbuf;
+        if (g_slots) {  // the readout's gradient, through its ReLU (a loop of its own: the next one stays simple)
+          const T* gg = g_slots + (s * K + k) * S * B;
 #pragma omp for schedule(static)
-      for (i64 row = 0; row < KN; ++row) {
-        const T ar = a[row];
-        T ga = grad_a[row], gb = grad_b[row];
-        for (i64 b = 0; b < B; ++b) {
-          const i64 at = row * B + b;
-          const T l = gs ? lam[at] + gs[at] : lam[at];
-          lam[at] = l;
-          const T m = ar * l;
-          ms[at] = m;
-          ga += l * ds[at];
-          gb += m;
-        }
-        grad_a[row] = ga;
-        grad_b[row] = gb;
-      }
-      const T* vs = states + s * NB;
-#pragma omp for schedule(dynamic, 1)
-      for (i64 task = 0; task < n_blk * K; ++task) {
-        const i64 k = task / n_blk, blk = task % n_blk;  // model by model: its state stays in cache
-        const i64 n0 = blk * bs, n1 = std::min(N, n0 + bs);
-        T* __restrict zz = z.data();
-        if (grad_gw) {
-          const T* vb = vs + (k * N + n0) * B;
-          for (i64 i = 0; i < (n1 - n0) * B; ++i) rv[i] = vb[i] > 0 ? vb[i] : T(0);
-          block_products_dots(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1],
-                              n0, n1, rv.data(), run_acc.data() + k * R);  // W^T, and the weight-gradient terms
-        } else {
-          block_products(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1], n0,
-                         n1);  // W^T
-        }
-        for (i64 n = n0; n < n1; ++n) {
-          const i64 row = k * N + n;
-          const T keep = 1 - a[row];
-          for (i64 b = 0; b < B; ++b) {
-            const i64 at = row * B + b;
-            nxt[at] = (vs[at] > 0 ? zz[(n - n0) * B + b] : T(0)) + keep * lam[at];
+          for (i64 j = 0; j < S; ++j) {
+            const i64 at = (k * N + o_nodes[j]) * B;
+            for (i64 b = 0; b < B; ++b)
+              if (vn[at + b] > 0) lam[at + b] += gg[j * B + b];
           }
         }
+#pragma omp for schedule(static)
+        for (i64 row = k * N; row < (k + 1) * N; ++row) {
+          const T ar = a[row];
+          T ga = grad_a[row], gb = grad_b[row];
+          for (i64 b = 0; b < B; ++b) {
+            const i64 at = row * B + b;
+            const T l = gs ? lam[at] + gs[at] : lam[at];
+            lam[at] = l;
+            const T m = ar * l;
+            ms[at] = m;
+            ga += l * ds[at];
+            gb += m;
+          }
+          grad_a[row] = ga;
+          grad_b[row] = gb;
+        }
+        const T* vs = states + s * NB;
+#pragma omp for schedule(dynamic, 1)
+        for (i64 blk = 0; blk < n_blk; ++blk) {
+          const i64 n0 = blk * bs, n1 = std::min(N, n0 + bs);
+          T* __restrict zz = z.data();
+          if (grad_gw) {
+            const T* vb = vs + (k * N + n0) * B;
+            for (i64 i = 0; i < (n1 - n0) * B; ++i) rv[i] = vb[i] > 0 ? vb[i] : T(0);
+            if (B == 4)  // W^T, and the weight-gradient terms
+              block_products_dots<T, 4>(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk],
+                                        blk_ptr[blk + 1], n0, n1, rv.data(), run_acc.data() + k * R);
+            else
+              block_products_dots<T, 0>(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk],
+                                        blk_ptr[blk + 1], n0, n1, rv.data(), run_acc.data() + k * R);
+          } else {
+            block_products<T, 0>(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1],
+                                 n0, n1);  // W^T
+          }
+          for (i64 n = n0; n < n1; ++n) {
+            const i64 row = k * N + n;
+            const T keep = 1 - a[row];
+            for (i64 b = 0; b < B; ++b) {
+              const i64 at = row * B + b;
+              nxt[at] = (vs[at] > 0 ? zz[(n - n0) * B + b] : T(0)) + keep * lam[at];
+            }
+          }
+        }
+        std::swap(lam, nxt);  // every thread, after the loop's barrier
       }
-      std::swap(lam, nxt);  // every thread, after the loop's barrier
+#pragma omp for schedule(static)
+      for (i64 i = k * N * B; i < (k + 1) * N * B; ++i) lam_out[i] = lam[i];
     }
     if (grad_gw) {
 #pragma omp for schedule(static)
@@ -266,8 +282,6 @@ void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32
         for (i64 g = 0; g < G; ++g) grad_gw[k * G + g] = (T)sum[g];
       }
     }
-#pragma omp for schedule(static)
-    for (i64 i = 0; i < NB; ++i) lam_out[i] = lam[i];
   }
 }
 

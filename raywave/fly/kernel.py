@@ -110,16 +110,17 @@ def _library() -> ctypes.CDLL:
     return lib
 
 
-def available(device: torch.device, dtype: torch.dtype) -> bool:
+def available(device: torch.device, dtype: torch.dtype, library=None) -> bool:
     """Whether the native kernel serves this device and dtype (built on first use; a failed build falls back
-    to the torch path unless RAYWAVE_FLY_KERNEL=native)."""
+    to the torch path unless RAYWAVE_FLY_KERNEL=native). `library`: the loader of another native library of the
+    fly network under the same switch (the decoder convolution's backward, `raywave.fly.hexconv`)."""
     mode = os.environ.get("RAYWAVE_FLY_KERNEL", "auto")
     if mode not in ("auto", "native", "torch"):
         raise RaywaveError(f"RAYWAVE_FLY_KERNEL={mode!r}: use auto, native or torch")
     if mode == "torch" or device.type != "cpu" or dtype not in (torch.float32, torch.float64):
         return False
     try:
-        _library()
+        (library or _library)()
     except (RaywaveError, ImportError, OSError) as exc:
         if mode == "native":
             raise RaywaveError(f"RAYWAVE_FLY_KERNEL=native but the kernel is unavailable: {exc}") from None
