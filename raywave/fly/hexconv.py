@@ -62,24 +62,28 @@ def _padded(w: torch.Tensor, vectors: int) -> torch.Tensor:
     return F.pad(w, (0, vectors * _lanes(w.dtype) - w.shape[-1])).contiguous()
 
 
-def _rows(x: torch.Tensor, w: torch.Tensor, bias, du, dv, c_out: int) -> torch.Tensor:
-    """The kernel's convolution pass: x (F, H, W, K·CI), w (K, taps, CI, CO) -> (F, H, W, K·CO)."""
+def _check(ok: int) -> None:
+    if not ok:  # hex_conv checks the channel counts first (native_serves): this is a bug if it happens
+        raise RuntimeError("hexconv: no kernel instantiation for these channel counts")
+
+
+def _rows(x: torch.Tensor, w: torch.Tensor, du, dv, c_out: int) -> torch.Tensor:
+    """The kernel's convolution pass without bias: x (F, H, W, K·CI), w (K, taps, CI, CO) -> (F, H, W, K·CO)."""
     f, h, wd, _ = x.shape
     k, nt, ci, _ = w.shape
     nv = _vectors(c_out, x.dtype)
     w = _padded(w, nv)
     out = x.new_empty(f, h, wd, k * c_out)
-    ok = getattr(_library(), f"hexconv_rows_{kernel._suffix(x.dtype)}")(
-        ctypes.c_int64(nv), *[ctypes.c_int64(v) for v in (f, h, wd, k, ci, c_out, nt)], kernel._p(du), kernel._p(dv), kernel._p(x),
-        kernel._p(w), kernel._p(bias), kernel._p(out), ctypes.c_int(torch.get_num_threads()))  # fmt: skip
-    assert ok, "hexconv: no instantiation for these channel counts (hex_conv checks them first)"
+    dims = [ctypes.c_int64(v) for v in (nv, f, h, wd, k, ci, c_out, nt)]
+    _check(getattr(_library(), f"hexconv_rows_{kernel._suffix(x.dtype)}")(
+        *dims, kernel._p(du), kernel._p(dv), kernel._p(x), kernel._p(w), kernel._p(None), kernel._p(out),
+        ctypes.c_int(torch.get_num_threads())))  # fmt: skip
     return out
 
 
 class _HexConv(torch.autograd.Function):
     """conv2d(x, weight * mask, bias, padding=r, groups=K) with x (F, K·CI, H, W) stored channels last: the
-    forward is the library's convolution (oneDNN is fastest there), the backward this kernel's (about 1.3x faster
-    per model for K = 8 grouped models, as fast for one)."""
+    forward is the library's convolution, the backward this kernel's."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, mask, groups: int, tap_table):
@@ -96,18 +100,17 @@ class _HexConv(torch.autograd.Function):
         x_cl, gy_cl = x.permute(0, 2, 3, 1).contiguous(), gy.permute(0, 2, 3, 1).contiguous()
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:  # a convolution of gy with the weights transposed and the taps mirrored
-            gx = _rows(gy_cl, w.transpose(2, 3), None, -du, -dv, ci).permute(0, 3, 1, 2)
+            gx = _rows(gy_cl, w.transpose(2, 3), -du, -dv, ci).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             f, h, wd, _ = x_cl.shape
             nt = len(flat)
             packed, gb = x.new_empty(k, nt, ci, co), x.new_empty(k * co)
             blocks = min(16, f)  # a fixed split of the frames: sums independent of the thread count
-            ok = getattr(_library(), f"hexconv_grad_weight_{kernel._suffix(x.dtype)}")(
+            _check(getattr(_library(), f"hexconv_grad_weight_{kernel._suffix(x.dtype)}")(
                 ctypes.c_int64(_vectors(co, x.dtype, WEIGHT_GRAD_VECTORS)),
                 *[ctypes.c_int64(v) for v in (f, h, wd, k, ci, co, nt)], kernel._p(du), kernel._p(dv),
                 kernel._p(x_cl), kernel._p(gy_cl), kernel._p(packed), kernel._p(gb), ctypes.c_int64(blocks),
-                ctypes.c_int(torch.get_num_threads()))  # fmt: skip
-            assert ok, "hexconv: no instantiation for these channel counts (hex_conv checks them first)"
+                ctypes.c_int(torch.get_num_threads())))  # fmt: skip
             gw = weight.new_zeros(k, co, ci, weight.shape[2] * weight.shape[3])
             gw = gw.index_copy_(3, flat, packed.permute(0, 3, 2, 1)).view_as(weight)  # zero at the masked taps
         return gx, gw, gb, None, None, None

@@ -1,0 +1,63 @@
+"""The native backward of the decoder's hex-masked convolutions equals the library convolution's gradients, for one
+model and for K grouped models, for both decoder layers' shapes, and does not depend on the thread count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from raywave.fly import hexconv
+from raywave.fly.decoder import HexConv
+
+pytestmark = pytest.mark.skipif(not hexconv.native_serves(torch.zeros(1, dtype=torch.float64), 34, 8),
+                                reason="no C++ compiler: the library convolution is used")  # fmt: skip
+
+
+def _grads(conv: HexConv, x: torch.Tensor, gy: torch.Tensor, native: bool) -> list[torch.Tensor]:
+    if native:
+        y = hexconv.hex_conv(x, conv.weight, conv.bias, conv.mask, conv.groups)
+    else:
+        y = F.conv2d(x, conv.weight * conv.mask, conv.bias, padding=2, groups=conv.groups)
+    return [y.detach(), *torch.autograd.grad(y, [x, conv.weight, conv.bias], gy)]
+
+
+def _problem(c_in: int, c_out: int, k: int, dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    conv = HexConv(k * c_in, k * c_out, 5, groups=k).to(dtype)
+    x = torch.relu(torch.randn(5, 31, 31, k * c_in, generator=g, dtype=dtype)).permute(0, 3, 1, 2)
+    gy = torch.randn(5, 31, 31, k * c_out, generator=g, dtype=dtype).permute(0, 3, 1, 2)
+    return conv, x.requires_grad_(), gy
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "k"), [(34, 8, 1), (34, 8, 3), (8, 3, 1), (8, 3, 2)])
+def test_native_backward_equals_the_library_convolution(c_in, c_out, k):
+    conv, x, gy = _problem(c_in, c_out, k, torch.float64)
+    native, library = _grads(conv, x, gy, True), _grads(conv, x, gy, False)
+    for name, a, b in zip(["output", "input", "weight", "bias"], native, library, strict=True):
+        assert float(b.abs().max()) > 0, name
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-12, name  # float64: rounding only
+    assert float(native[2][:, :, 0, 0].abs().max()) == 0  # masked corner taps get no gradient
+    assert native[1].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_native_backward_does_not_depend_on_the_thread_count():
+    conv, x, gy = _problem(34, 8, 2, torch.float32, seed=3)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            runs.append(_grads(conv, x, gy, True))
+    finally:
+        torch.set_num_threads(threads)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_the_kernel_switch_selects_the_library(monkeypatch):
+    monkeypatch.setenv("RAYWAVE_FLY_KERNEL", "torch")
+    x = torch.zeros(1, 34, 31, 31).contiguous(memory_format=torch.channels_last)
+    assert not hexconv.native_serves(x, 34, 8)
