@@ -24,10 +24,10 @@ def machine_info() -> dict:
     }
 
 
-def time_best(step, device, repeats: int):
+def time_best(step, device, repeats: int, times: list | None = None):
     """Run `step` once to warm up, then `repeats` times: (the warm-up's result, the fastest seconds, peak memory in
     MiB: CUDA's allocator peak after the warm-up, or the process's max RSS on the CPU). CUDA is synchronised
-    around every timed call."""
+    around every timed call. `times`, if given, receives every repetition's seconds."""
     import resource
     import time
 
@@ -47,6 +47,8 @@ def time_best(step, device, repeats: int):
         step()
         sync()
         best = min(best, time.perf_counter() - t0)
+        if times is not None:
+            times.append(time.perf_counter() - t0)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
     return first, best, peak

@@ -234,12 +234,13 @@ def ensemble(
     if _emit(result, save, as_json):
         return
     t = Table(title=f"fly ensemble benchmark on {device} ({result['machine']['cpu']}, gpu: {result['machine']['gpu']})")
-    for col in ("K", "step s", "model-it/s", "per model vs K=1", "peak MiB"):
+    for col in ("K", "step s", "model-it/s", "per model vs K=1", "median step s", "vs K=1 (medians)", "peak MiB"):
         t.add_column(col, justify="right")
     for r in result["rows"]:
-        ratio = r["per_model_vs_k1"]
+        ratio, ratio_median = r["per_model_vs_k1"], r["per_model_vs_k1_median"]
         t.add_row(str(r["models_per_pass"]), f"{r['step_seconds']:.3f}", f"{r['model_iterations_per_s']:.2f}",
-                  "-" if ratio is None else f"{ratio:.2f}x", f"{r['peak_memory_mib']:.0f}")  # fmt: skip
+                  "-" if ratio is None else f"{ratio:.2f}x", f"{r['median_step_seconds']:.3f}",
+                  "-" if ratio_median is None else f"{ratio_median:.2f}x", f"{r['peak_memory_mib']:.0f}")  # fmt: skip
     Console(width=max(Console().width, 120)).print(t)
 
 
