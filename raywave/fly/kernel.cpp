@@ -26,10 +26,15 @@ namespace {
 // The synaptic sums of model k for the block of output neurons n0 .. n1-1, runs r0 .. r1-1 of the block:
 // out[(to[r] - n0)*B + i] = sum over runs of w_k[grp[r]] * in_k[from[r]*B + i] for i < len[r]*B, where
 // w_k = gw + k*G and in_k = in + k*N*B (the forward product W relu(V) with to = targets and from = sources; the
-// adjoint's W^T with the two swapped). One contiguous multiply-add per run, in the table's order.
-template <typename T, int BC>
+// adjoint's W^T with the two swapped). One contiguous multiply-add per run, in the table's order. BC: B as a
+// compile-time constant (0: B_rt at run time).
+// With DOTS (the adjoint), also every run's term of the weight gradient: the dot product of the run's len x B
+// values of `in` (m at the targets) with relu_blk (ReLU(V) of the block's neurons, in the block's rows) at its
+// sources, added to run_acc[r] in double.
+template <typename T, int BC, bool DOTS>
 inline void block_products(T* __restrict out, const T* in, const T* gw, i64 k, i64 N, i64 B_rt, i64 G, const i32* to,
-                           const i32* from, const i32* len, const i32* grp, i64 r0, i64 r1, i64 n0, i64 n1) {
+                           const i32* from, const i32* len, const i32* grp, i64 r0, i64 r1, i64 n0, i64 n1,
+                           const T* __restrict relu_blk, double* __restrict run_acc) {
   const i64 B = BC ? BC : B_rt;
   std::fill(out, out + (n1 - n0) * B, T(0));
   const T* w = gw + k * G;
@@ -39,37 +44,31 @@ inline void block_products(T* __restrict out, const T* in, const T* gw, i64 k, i
     T* __restrict dst = out + (to[r] - n0) * B;
     const T* __restrict src = in_k + (i64)from[r] * B;
     const i64 L = (i64)len[r] * B;
+    if (DOTS) {
+      const T* __restrict q = relu_blk + (to[r] - n0) * B;
+      T d = 0;
+#pragma omp simd reduction(+ : d)
+      for (i64 i = 0; i < L; ++i) {
+        dst[i] += wr * src[i];
+        d += src[i] * q[i];
+      }
+      run_acc[r] += d;
+    } else {
 #pragma omp simd
-    for (i64 i = 0; i < L; ++i) dst[i] += wr * src[i];
+      for (i64 i = 0; i < L; ++i) dst[i] += wr * src[i];
+    }
   }
 }
 
-// The adjoint's transposed product for the block of source neurons n0 .. n1-1 (runs r0 .. r1-1, with the targets
-// in `from` and the sources in `to`), as block_products, and for every run its term of the weight gradient: the dot
-// product of the run's len x B values of `in` (m at the targets) with relu_blk (ReLU(V) of the block's neurons, in
-// the block's rows) at its sources, added to run_acc[r] in double.
-template <typename T, int BC>
-inline void block_products_dots(T* __restrict out, const T* in, const T* gw, i64 k, i64 N, i64 B_rt, i64 G,
-                                const i32* to, const i32* from, const i32* len, const i32* grp, i64 r0, i64 r1,
-                                i64 n0, i64 n1, const T* __restrict relu_blk, double* __restrict run_acc) {
-  const i64 B = BC ? BC : B_rt;
-  std::fill(out, out + (n1 - n0) * B, T(0));
-  const T* w = gw + k * G;
-  const T* in_k = in + k * N * B;
-  for (i64 r = r0; r < r1; ++r) {
-    const T wr = w[grp[r]];
-    T* __restrict dst = out + (to[r] - n0) * B;
-    const T* __restrict q = relu_blk + (to[r] - n0) * B;
-    const T* __restrict src = in_k + (i64)from[r] * B;
-    const i64 L = (i64)len[r] * B;
-    T d = 0;
-#pragma omp simd reduction(+ : d)
-    for (i64 i = 0; i < L; ++i) {
-      dst[i] += wr * src[i];
-      d += src[i] * q[i];
-    }
-    run_acc[r] += d;
-  }
+// block_products with B = 4 (the training batch: whole vectors per run) compiled apart from other batch sizes.
+template <typename T, bool DOTS>
+inline void products(T* out, const T* in, const T* gw, i64 k, i64 N, i64 B, i64 G, const i32* to, const i32* from,
+                     const i32* len, const i32* grp, i64 r0, i64 r1, i64 n0, i64 n1, const T* relu_blk = nullptr,
+                     double* run_acc = nullptr) {
+  if (B == 4)
+    block_products<T, 4, DOTS>(out, in, gw, k, N, B, G, to, from, len, grp, r0, r1, n0, n1, relu_blk, run_acc);
+  else
+    block_products<T, 0, DOTS>(out, in, gw, k, N, B, G, to, from, len, grp, r0, r1, n0, n1, relu_blk, run_acc);
 }
 
 // V[s+1] = V[s] + a * ((bias - V[s] + x[s]) + W relu(V[s])) for s < steps. states: (steps+1, K*N, B) with
@@ -103,12 +102,8 @@ void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, con
         for (i64 blk = 0; blk < n_blk; ++blk) {
           const i64 n0 = blk * bs, n1 = std::min(N, n0 + bs);
           T* __restrict yy = y.data();
-          if (B == 4)  // the training batch: a compile-time row width, whole vectors per run
-            block_products<T, 4>(yy, rc, gw, k, N, B, G, r_tar, r_src, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1],
-                                 n0, n1);
-          else
-            block_products<T, 0>(yy, rc, gw, k, N, B, G, r_tar, r_src, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1],
-                                 n0, n1);
+          products<T, false>(yy, rc, gw, k, N, B, G, r_tar, r_src, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1], n0,
+                             n1);
           for (i64 n = n0; n < n1; ++n) {
             const i64 row = k * N + n;
             const T an = a[row], bn = bias[row];
@@ -250,15 +245,11 @@ void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32
           if (grad_gw) {
             const T* vb = vs + (k * N + n0) * B;
             for (i64 i = 0; i < (n1 - n0) * B; ++i) rv[i] = vb[i] > 0 ? vb[i] : T(0);
-            if (B == 4)  // W^T, and the weight-gradient terms
-              block_products_dots<T, 4>(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk],
-                                        blk_ptr[blk + 1], n0, n1, rv.data(), run_acc.data() + k * R);
-            else
-              block_products_dots<T, 0>(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk],
-                                        blk_ptr[blk + 1], n0, n1, rv.data(), run_acc.data() + k * R);
+            products<T, true>(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1],
+                              n0, n1, rv.data(), run_acc.data() + k * R);  // W^T, and the weight-gradient terms
           } else {
-            block_products<T, 0>(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1],
-                                 n0, n1);  // W^T
+            products<T, false>(zz, ms, gw, k, N, B, G, r_src, r_tar, r_len, r_grp, blk_ptr[blk], blk_ptr[blk + 1],
+                               n0, n1);  // W^T
           }
           for (i64 n = n0; n < n1; ++n) {
             const i64 row = k * N + n;

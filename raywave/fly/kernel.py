@@ -3,11 +3,12 @@ same interface as the torch path of `raywave.fly.dynamics`.
 
 The synaptic matrix is stored as runs of consecutive edges of one (type pair, du, dv) group (see kernel.cpp):
 for the published connectome 1,513,231 edges become about 73 k runs, so a step reads about 1 MB of tables
-instead of a 12 MB CSR matrix, and K models share the tables. One call integrates all steps (the Euler update
-fused with the synaptic sums) and, with a `Readout`, writes the decoder's input map as it goes; one call runs the
-adjoint and, inside its transposed product (which reads the same values), the gradient of the 2,355 group
-weights (the strengths' gradient then follows by a 2,355-entry gather's backward, not a 1.5 M-edge index_add).
-Every array is laid out step by step (T, K·N, B).
+instead of a 12 MB CSR matrix, and K models share the tables (one call takes them one after another, so a
+model's state stays in the caches). One call integrates all steps (the Euler update fused with the synaptic sums)
+and, with a `Readout`, a second pass writes the decoder's input map from the states; one call runs the adjoint
+and, inside its transposed product (which reads the same values), the gradient of the 2,355 group weights (the
+strengths' gradient then follows by a 2,355-entry gather's backward, not a 1.5 M-edge index_add). Every array is
+laid out step by step (T, K·N, B).
 
 Used on the CPU when a C++ compiler is available (`RAYWAVE_FLY_KERNEL=torch` forces the torch path, `native`
 makes a failed build an error); results agree with the torch path to rounding and are bit for bit reproducible
