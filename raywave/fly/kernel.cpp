@@ -21,6 +21,16 @@
 typedef int32_t i32;
 typedef int64_t i64;
 
+// The decoder's input map: a (B, steps, P, K*O) array, channels last. Output type c's neuron at column i,
+// nodes[c*cols + i] of each model, is at map position pos[i], channel k*O + c for model k; the n_off positions
+// off (off the lattice) are zero.
+struct MapLayout {
+  const i32* nodes;
+  const i32* pos;
+  const i32* off;
+  i64 n_off, O, cols, P;
+};
+
 namespace {
 
 // The synaptic sums of model k for the block of output neurons n0 .. n1-1, runs r0 .. r1-1 of the block:
@@ -76,10 +86,14 @@ inline void products(T* out, const T* in, const T* gw, i64 k, i64 N, i64 B, i64 
 // out step by step, so a step reads and writes contiguous memory.
 // Runs sorted by target block (blk_ptr: first run of each block of `bs` target neurons). x: (steps, K, C, B),
 // in_col[n]: the column whose luminance neuron n receives, or -1.
+// grid (unless null): the decoder's input map (`MapLayout`), the ReLU of the output neurons' voltages after each
+// step, written after the step while its values are in cache, position by position (each position's channels
+// together: written in the integration's neuron order, every value would go to a cache line of its own).
 template <typename T>
 void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, const i32* r_src, const i32* r_len,
              const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* bias,
-             const T* x, const i32* in_col, T* states, T* drive, T* rbuf, int threads) {
+             const T* x, const i32* in_col, T* states, T* drive, T* rbuf, const MapLayout* map, T* grid,
+             int threads) {
   const i64 NB = K * N * B;
   T* r_even = rbuf;
   T* r_odd = rbuf + NB;
@@ -88,6 +102,12 @@ void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, con
     std::vector<T> y(bs * B);
 #pragma omp for schedule(static)
     for (i64 i = 0; i < NB; ++i) r_even[i] = states[i] > 0 ? states[i] : T(0);
+    const i64 KO = grid ? K * map->O : 0;
+    if (grid) {
+#pragma omp for schedule(static)
+      for (i64 f = 0; f < B * steps; ++f)
+        for (i64 j = 0; j < map->n_off; ++j) std::fill_n(grid + (f * map->P + map->off[j]) * KO, KO, T(0));
+    }
     // model after model (the models are independent): one model's state of a step (~0.7 MB at batch 4) and its
     // tables stay in the caches, where all K models' (K x that) would not
     for (i64 k = 0; k < K; ++k)
@@ -121,57 +141,16 @@ void forward(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, con
             }
           }
         }
+        if (grid) {  // (nowait: the next step reads rn, the one after it writes it, past the next barrier)
+          const i64 O = map->O, cols = map->cols;
+#pragma omp for schedule(static) nowait
+          for (i64 i = 0; i < cols; ++i)
+            for (i64 b = 0; b < B; ++b) {
+              T* out = grid + ((b * steps + s) * map->P + map->pos[i]) * KO + k * O;
+              for (i64 c = 0; c < O; ++c) out[c] = rn[(k * N + map->nodes[c * cols + i]) * B + b];
+            }
+        }
       }
-  }
-}
-
-// The decoder's input map from the states (steps+1, K*N, B) of `forward`: grid (B, steps, P, K*O), channels last,
-// the ReLU of model k's output neuron nodes[c*cols + i] after each step at position pos[i], channel k*O + c; the
-// n_off positions off the lattice (off_pos) are zero. A pass of its own after the integration, in the map's
-// order: each position's K*O channels are written together (writing them from the integration's neuron order
-// scatters every value to its own cache line).
-template <typename T>
-void readout(i64 K, i64 N, i64 B, i64 steps, i64 O, i64 cols, i64 P, const i32* nodes, const i32* pos,
-             const i32* off_pos, i64 n_off, const T* states, T* grid, int threads) {
-  const i64 NB = K * N * B, KO = K * O;
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (i64 task = 0; task < steps * cols; ++task) {
-      const i64 s = task / cols, i = task % cols;
-      const T* v = states + (s + 1) * NB;
-      for (i64 b = 0; b < B; ++b) {
-        T* out = grid + ((b * steps + s) * P + pos[i]) * KO;
-        for (i64 k = 0; k < K; ++k)
-          for (i64 c = 0; c < O; ++c) {
-            const T vv = v[(k * N + nodes[c * cols + i]) * B + b];
-            out[k * O + c] = vv > 0 ? vv : T(0);
-          }
-      }
-    }
-#pragma omp for schedule(static)
-    for (i64 f = 0; f < B * steps; ++f)
-      for (i64 j = 0; j < n_off; ++j) {
-        T* z = grid + (f * P + off_pos[j]) * KO;
-        std::fill(z, z + KO, T(0));
-      }
-  }
-}
-
-// The map's gradient g_grid (laid out as `readout` writes it) gathered per output neuron: g_slots (steps, K, O*cols,
-// B), slot c*cols + i for type c at column i (where the adjoint reads it, in neuron order).
-template <typename T>
-void readout_grad(i64 K, i64 B, i64 steps, i64 O, i64 cols, i64 P, const i32* pos, const T* g_grid, T* g_slots,
-                  int threads) {
-  const i64 KO = K * O, S = O * cols;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (i64 task = 0; task < steps * cols; ++task) {
-    const i64 s = task / cols, i = task % cols;
-    for (i64 b = 0; b < B; ++b) {
-      const T* g = g_grid + ((b * steps + s) * P + pos[i]) * KO;
-      for (i64 k = 0; k < K; ++k)
-        for (i64 c = 0; c < O; ++c) g_slots[((s * K + k) * S + c * cols + i) * B + b] = g[k * O + c];
-    }
   }
 }
 
@@ -184,15 +163,14 @@ void readout_grad(i64 K, i64 B, i64 steps, i64 O, i64 cols, i64 P, const i32* po
 // the same m: every run's dot product per step is added to its own double sum, in step order, by whichever thread
 // has its block at that step (steps are separated by barriers), and the groups' sums are then added up over their
 // runs in table order: the result does not depend on the thread count.
-// lbuf: 2*K*N*B scratch. g_out (the gradient of the states; null: none) and g_slots (of the readout map, as
-// `readout_grad` gathers it, through the map's ReLU; null: none) are both added to dL/dV[s+1]; o_nodes[j] is the
-// neuron of slot j, S the slots per model.
+// lbuf: 2*K*N*B scratch. g_out (the gradient of the states; null: none) and g_grid (of the decoder's input map,
+// laid out as `forward` writes it, through the map's ReLU; null: none) are both added to dL/dV[s+1].
 template <typename T>
 void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32* r_src, const i32* r_len,
               const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* states,
               const T* drive,
               const T* g_out, T* mu, T* mbuf, T* lam_out, T* grad_a, T* grad_b, T* grad_gw, T* lbuf,
-              const i32* o_nodes, i64 S, const T* g_slots, int threads) {
+              const MapLayout* map, const T* g_grid, int threads) {
   const i64 KN = K * N, NB = KN * B, R = blk_ptr[n_blk];
   std::vector<double> run_acc(grad_gw ? K * R : 0, 0.0);
 #pragma omp parallel num_threads(threads)
@@ -212,14 +190,16 @@ void backward(i64 K, i64 N, i64 B, i64 steps, i64 G, const i32* r_tar, const i32
         const T* ds = drive + s * NB;
         const T* vn = states + (s + 1) * NB;
         T* ms = mu ? mu + s * NB : mbuf;
-        if (g_slots) {  // the readout's gradient, through its ReLU (a loop of its own: the next one stays simple)
-          const T* gg = g_slots + (s * K + k) * S * B;
+        if (g_grid) {  // the map's gradient, through its ReLU (a loop of its own: the next one stays simple)
+          const i64 O = map->O, cols = map->cols, KO = K * O;
 #pragma omp for schedule(static)
-          for (i64 j = 0; j < S; ++j) {
-            const i64 at = (k * N + o_nodes[j]) * B;
-            for (i64 b = 0; b < B; ++b)
-              if (vn[at + b] > 0) lam[at + b] += gg[j * B + b];
-          }
+          for (i64 i = 0; i < cols; ++i)
+            for (i64 c = 0; c < O; ++c) {
+              const i64 at = (k * N + map->nodes[c * cols + i]) * B;
+              const T* g = g_grid + (s * map->P + map->pos[i]) * KO + k * O + c;
+              for (i64 b = 0; b < B; ++b)
+                if (vn[at + b] > 0) lam[at + b] += g[b * steps * map->P * KO];
+            }
         }
 #pragma omp for schedule(static)
         for (i64 row = k * N; row < (k + 1) * N; ++row) {
@@ -283,9 +263,10 @@ extern "C" {
 #define FLY_FORWARD(NAME, T)                                                                                      \
   void NAME(i64 K, i64 N, i64 B, i64 steps, i64 G, i64 C, const i32* r_tar, const i32* r_src, const i32* r_len, \
             const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* bias,      \
-            const T* x, const i32* in_col, T* states, T* drive, T* rbuf, int threads) {                          \
+            const T* x, const i32* in_col, T* states, T* drive, T* rbuf, const MapLayout* map, T* grid,          \
+            int threads) {                                                                                       \
     forward<T>(K, N, B, steps, G, C, r_tar, r_src, r_len, r_grp, blk_ptr, n_blk, bs, gw, a, bias, x, in_col,     \
-               states, drive, rbuf, threads);                                                                   \
+               states, drive, rbuf, map, grid, threads);                                                        \
   }
 FLY_FORWARD(fly_forward_f32, float)
 FLY_FORWARD(fly_forward_f64, double)
@@ -295,24 +276,12 @@ FLY_FORWARD(fly_forward_f64, double)
             const i32* r_grp, const i64* blk_ptr, i64 n_blk, i64 bs, const T* gw, const T* a, const T* states,   \
             const T* drive,                                                                                      \
             const T* g_out, T* mu, T* mbuf, T* lam_out, T* grad_a, T* grad_b, T* grad_gw, T* lbuf,               \
-            const i32* o_nodes, i64 S, const T* g_slots, int threads) {                                          \
+            const MapLayout* map, const T* g_grid, int threads) {                                                \
     backward<T>(K, N, B, steps, G, r_tar, r_src, r_len, r_grp, blk_ptr, n_blk, bs,                               \
-                gw, a, states, drive, g_out, mu, mbuf, lam_out, grad_a, grad_b, grad_gw, lbuf, o_nodes, S,          \
-                g_slots, threads);                                                                               \
+                gw, a, states, drive, g_out, mu, mbuf, lam_out, grad_a, grad_b, grad_gw, lbuf, map, g_grid,         \
+                threads);                                                                                        \
   }
 FLY_BACKWARD(fly_backward_f32, float)
 FLY_BACKWARD(fly_backward_f64, double)
-
-#define FLY_READOUT(NAME, GRAD, T)                                                                                \
-  void NAME(i64 K, i64 N, i64 B, i64 steps, i64 O, i64 cols, i64 P, const i32* nodes, const i32* pos,           \
-            const i32* off_pos, i64 n_off, const T* states, T* grid, int threads) {                              \
-    readout<T>(K, N, B, steps, O, cols, P, nodes, pos, off_pos, n_off, states, grid, threads);                    \
-  }                                                                                                               \
-  void GRAD(i64 K, i64 B, i64 steps, i64 O, i64 cols, i64 P, const i32* pos, const T* g_grid, T* g_slots,       \
-            int threads) {                                                                                       \
-    readout_grad<T>(K, B, steps, O, cols, P, pos, g_grid, g_slots, threads);                                      \
-  }
-FLY_READOUT(fly_readout_f32, fly_readout_grad_f32, float)
-FLY_READOUT(fly_readout_f64, fly_readout_grad_f64, double)
 
 }  // extern "C"

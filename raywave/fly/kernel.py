@@ -5,7 +5,7 @@ The synaptic matrix is stored as runs of consecutive edges of one (type pair, du
 for the published connectome 1,513,231 edges become about 73 k runs, so a step reads about 1 MB of tables
 instead of a 12 MB CSR matrix, and K models share the tables (one call takes them one after another, so a
 model's state stays in the caches). One call integrates all steps (the Euler update fused with the synaptic sums)
-and, with a `Readout`, a second pass writes the decoder's input map from the states; one call runs the adjoint
+and, with a `Readout`, writes the decoder's input map after every step; one call runs the adjoint
 and, inside its transposed product (which reads the same values), the gradient of the 2,355 group weights (the
 strengths' gradient then follows by a 2,355-entry gather's backward, not a 1.5 M-edge index_add). Every array is
 laid out step by step (T, K·N, B).
@@ -84,6 +84,17 @@ class Readout:
     def columns(self) -> int:
         return len(self.pos)
 
+    def layout(self) -> _MapLayout:
+        """The kernel's view of these tables (kernel.cpp's MapLayout; valid while this object lives)."""
+        return _MapLayout(_p(self.nodes), _p(self.pos), _p(self.off), len(self.off), self.n_out, self.columns,
+                          self.side**2)  # fmt: skip
+
+
+class _MapLayout(ctypes.Structure):
+    _fields_ = [("nodes", ctypes.c_void_p), ("pos", ctypes.c_void_p), ("off", ctypes.c_void_p),
+                ("n_off", ctypes.c_int64), ("O", ctypes.c_int64), ("cols", ctypes.c_int64),
+                ("P", ctypes.c_int64)]  # fmt: skip
+
 
 def _runs(src, tar, group, block, n_blocks: int, along_source: bool = False) -> Runs:
     """Edges sorted by (block, group, position) and cut into maximal runs of consecutive targets and sources."""
@@ -105,8 +116,7 @@ def _library() -> ctypes.CDLL:
 
     lib, _ = native.load(Path(__file__).with_name("kernel.cpp"), "flykernel",
                          flags=(*native.DEFAULT_FLAGS, "-ffp-contract=fast"))  # fmt: skip
-    for name in ("fly_forward_f32", "fly_forward_f64", "fly_backward_f32", "fly_backward_f64", "fly_readout_f32",
-                 "fly_readout_f64", "fly_readout_grad_f32", "fly_readout_grad_f64"):  # fmt: skip
+    for name in ("fly_forward_f32", "fly_forward_f64", "fly_backward_f32", "fly_backward_f64"):
         getattr(lib, name).restype = None
     return lib
 
@@ -174,17 +184,13 @@ class _Integrate(torch.autograd.Function):
         states[0] = v0
         drive = v0.new_empty(steps, k * n, batch) if keep else None
         rbuf = v0.new_empty(2, k * n, batch)
-        f, threads = tables.forward, ctypes.c_int(torch.get_num_threads())
+        r, f = readout, tables.forward
+        grid = v0.new_empty(batch, steps, r.side, r.side, k * r.n_out) if r is not None else v0.new_empty(0)
+        layout = ctypes.byref(r.layout()) if r is not None else None
         getattr(_library(), f"fly_forward_{_suffix(v0.dtype)}")(
             _i(k), _i(n), _i(batch), _i(steps), _i(g), _i(cols), *_run_args(f), _i(len(f.ptr) - 1), _i(BLOCK),
-            _p(gw), _p(a), _p(b), _p(x), _p(tables.in_col), _p(states), _p(drive), _p(rbuf), threads)  # fmt: skip
-        grid = v0.new_empty(0)
-        if readout is not None:  # a pass of its own, in the map's order (see kernel.cpp)
-            r = readout
-            grid = v0.new_empty(batch, steps, r.side, r.side, k * r.n_out)
-            getattr(_library(), f"fly_readout_{_suffix(v0.dtype)}")(
-                _i(k), _i(n), _i(batch), _i(steps), _i(r.n_out), _i(r.columns), _i(r.side**2), _p(r.nodes),
-                _p(r.pos), _p(r.off), _i(len(r.off)), _p(states), _p(grid), threads)  # fmt: skip
+            _p(gw), _p(a), _p(b), _p(x), _p(tables.in_col), _p(states), _p(drive), _p(rbuf), layout,
+            _p(grid if r is not None else None), ctypes.c_int(torch.get_num_threads()))  # fmt: skip
         if keep:
             ctx.tables, ctx.k, ctx.input_index, ctx.cols, ctx.readout = tables, k, input_index, cols, readout
             ctx.save_for_backward(gw, a, states, drive)
@@ -198,12 +204,9 @@ class _Integrate(torch.autograd.Function):
         n, g = tables.n, tables.n_groups
         steps, batch = states.shape[0] - 1, states.shape[2]
         g_out = g_out.contiguous() if g_out is not None else None
-        ro, g_slots = ctx.readout if g_grid is not None else None, None
-        if ro is not None:  # the map's gradient per output neuron, in the order the adjoint reads it
-            g_slots, g_grid = states.new_empty(steps, k, ro.n_out * ro.columns, batch), g_grid.contiguous()
-            getattr(_library(), f"fly_readout_grad_{_suffix(states.dtype)}")(
-                _i(k), _i(batch), _i(steps), _i(ro.n_out), _i(ro.columns), _i(ro.side**2), _p(ro.pos),
-                _p(g_grid), _p(g_slots), ctypes.c_int(torch.get_num_threads()))  # fmt: skip
+        ro = ctx.readout if g_grid is not None else None
+        g_grid = g_grid.contiguous() if ro is not None else None
+        layout = ctypes.byref(ro.layout()) if ro is not None else None
         need_x = ctx.needs_input_grad[3]
         mu = states.new_empty(steps, k * n, batch) if need_x else None  # a * dL/dV[s+1] of every step
         mbuf = None if need_x else states.new_empty(k * n, batch)
@@ -215,8 +218,7 @@ class _Integrate(torch.autograd.Function):
         getattr(_library(), f"fly_backward_{_suffix(states.dtype)}")(
             _i(k), _i(n), _i(batch), _i(steps), _i(g), *_run_args(r), _i(len(r.ptr) - 1), _i(BLOCK), _p(gw), _p(a),
             _p(states), _p(drive), _p(g_out), _p(mu), _p(mbuf), _p(lam), _p(grad_a), _p(grad_b), _p(grad_gw),
-            _p(lbuf), _p(ro.nodes if ro is not None else None), _i(ro.n_out * ro.columns if ro is not None else 0),
-            _p(g_slots),
+            _p(lbuf), layout, _p(g_grid),
             ctypes.c_int(torch.get_num_threads()))  # fmt: skip
         grad_x = None
         if need_x:  # every input type of a column receives the column's luminance
