@@ -144,9 +144,9 @@ class FlyNetwork(nn.Module):
     def forward(self, x: torch.Tensor, dt: float, state: torch.Tensor | None = None, readout: tuple | None = None):
         """Voltages (batch, frames, N) after each stimulus frame x (batch, frames, columns), from `state`.
 
-        With `readout` = a decoder's `input_map()` (map_index, side), returns (voltages, map): the map is the
+        With `readout` = a decoder's `readout()` (map_index, side), returns (voltages, map): the map is the
         decoder's input, (batch, frames, side, side, output types), the ReLU of the output neurons' voltages with
-        column i at position map_index[i] (the native kernel writes it as it integrates; see `run_dynamics`)."""
+        column i at position map_index[i] (the native kernel writes it after each step; see `run_dynamics`)."""
         self._check(x)
         batch, steps, _ = x.shape
         v0 = self.resting_state(batch) if state is None else state
