@@ -22,10 +22,10 @@ typedef int64_t i64;
 
 namespace {
 
-// One convolution pass over rows of a channels-last map, shared by the forward and the input gradient: out[f, u, v,
-// k*CO + o] = init(k*CO + o) + sum over taps t and input channels c of in[f, u+du[t], v+dv[t], k*CI + c] *
-// w[k, t, c, o] (inputs outside the map count as zero), for o < CO; w holds CP = NV * L output channels per
-// (model, tap, input channel), zero beyond CO. VB neighbouring positions are formed together (VB x NV
+// One convolution pass over rows of a channels-last map (the input gradient's; it would serve a forward too):
+// out[f, u, v, k*CO + o] = init(k*CO + o) + sum over taps t and input channels c of
+// in[f, u+du[t], v+dv[t], k*CI + c] * w[k, t, c, o] (inputs outside the map count as zero), for o < CO; w holds
+// CP = NV * L output channels per (model, tap, input channel), zero beyond CO. VB neighbouring positions are formed together (VB x NV
 // independent sums in vector registers, each weight vector loaded once for all of them). init: bias (or null: 0).
 template <typename T, int NV, int VB>
 void conv_rows(i64 F, i64 H, i64 W, i64 K, i64 CI, i64 CO, i64 NT, const i32* du, const i32* dv, const T* in,
@@ -141,9 +141,9 @@ void grad_weight(i64 F, i64 H, i64 W, i64 K, i64 CI, i64 CO, i64 NT, const i32* 
   }
 }
 
-// The instantiations: the decoder's shapes (8 output channels forward, 34 input channels for the input gradient)
-// get register blocks sized for them; NV vectors of L lanes must hold the output channels.
-// nv: the vectors the weights' output channels are padded to (1, 2, 5 or 10; 1 or 2 for the weight gradient).
+// The instantiations, register blocks sized for the decoder's shapes (34 output channels for conv1's input gradient,
+// 8 for conv2's; 8 and 3 weight-gradient channels): nv, the vectors of L lanes the weights' output channels are
+// padded to, is 1, 2, 5 or 10 (1 or 2 for the weight gradient).
 template <typename T>
 bool convolve(i64 nv, i64 F, i64 H, i64 W, i64 K, i64 CI, i64 CO, i64 NT, const i32* du, const i32* dv,
               const T* in, const T* w, const T* bias, T* out, int threads) {
@@ -168,9 +168,9 @@ bool weight_gradient(i64 nv, i64 F, i64 H, i64 W, i64 K, i64 CI, i64 CO, i64 NT,
 
 extern "C" {
 
-// Each returns 1, or 0 when the channel counts have no instantiation (the caller then uses the library conv).
-// Forward: in = x, w (K, taps, CI, CP), out = y. Input gradient: the same pass with in = gy, w = the weights
-// transposed and mirrored ((K, taps, CO, CP') with the offsets negated), out = gx.
+// Each returns 1, or 0 when nv has no instantiation (raywave/fly/hexconv.py checks the channel counts first).
+// The input gradient: hexconv_rows with in = dL/dy, w = the weights transposed ((K, taps, CO, CI padded)), the
+// offsets negated, bias null, out = dL/dx.
 #define HEXCONV(SUFFIX, T)                                                                                       \
   int hexconv_rows_##SUFFIX(i64 nv, i64 F, i64 H, i64 W, i64 K, i64 CI, i64 CO, i64 NT, const i32* du,         \
                             const i32* dv, const T* in, const T* w, const T* bias, T* out, int threads) {        \
