@@ -25,8 +25,9 @@ namespace {
 // One convolution pass over rows of a channels-last map (the input gradient's; it would serve a forward too):
 // out[f, u, v, k*CO + o] = init(k*CO + o) + sum over taps t and input channels c of
 // in[f, u+du[t], v+dv[t], k*CI + c] * w[k, t, c, o] (inputs outside the map count as zero), for o < CO; w holds
-// CP = NV * L output channels per (model, tap, input channel), zero beyond CO. VB neighbouring positions are formed together (VB x NV
-// independent sums in vector registers, each weight vector loaded once for all of them). init: bias (or null: 0).
+// CP = NV * L output channels per (model, tap, input channel), zero beyond CO. VB neighbouring positions are formed
+// together (VB x NV independent sums in vector registers, each weight vector loaded once for all of them). init:
+// bias (or null: 0).
 template <typename T, int NV, int VB>
 void conv_rows(i64 F, i64 H, i64 W, i64 K, i64 CI, i64 CO, i64 NT, const i32* du, const i32* dv, const T* in,
                const T* w, const T* bias, T* out, int threads) {
