@@ -75,9 +75,8 @@ def _rows(x: torch.Tensor, w: torch.Tensor, du, dv, c_out: int) -> torch.Tensor:
     w = _padded(w, nv)
     out = x.new_empty(f, h, wd, k * c_out)
     dims = [ctypes.c_int64(v) for v in (nv, f, h, wd, k, ci, c_out, nt)]
-    _check(getattr(_library(), f"hexconv_rows_{kernel._suffix(x.dtype)}")(
-        *dims, kernel._p(du), kernel._p(dv), kernel._p(x), kernel._p(w), kernel._p(None), kernel._p(out),
-        ctypes.c_int(torch.get_num_threads())))  # fmt: skip
+    _check(getattr(_library(), f"hexconv_rows_{kernel.dtype_suffix(x.dtype)}")(
+        *dims, *map(kernel.pointer, (du, dv, x, w, None, out)), ctypes.c_int(torch.get_num_threads())))  # fmt: skip
     return out
 
 
@@ -106,10 +105,10 @@ class _HexConv(torch.autograd.Function):
             nt = len(flat)
             packed, gb = x.new_empty(k, nt, ci, co), x.new_empty(k * co)
             blocks = min(16, f)  # a fixed split of the frames: sums independent of the thread count
-            _check(getattr(_library(), f"hexconv_grad_weight_{kernel._suffix(x.dtype)}")(
+            _check(getattr(_library(), f"hexconv_grad_weight_{kernel.dtype_suffix(x.dtype)}")(
                 ctypes.c_int64(_vectors(co, x.dtype, WEIGHT_GRAD_VECTORS)),
-                *[ctypes.c_int64(v) for v in (f, h, wd, k, ci, co, nt)], kernel._p(du), kernel._p(dv),
-                kernel._p(x_cl), kernel._p(gy_cl), kernel._p(packed), kernel._p(gb), ctypes.c_int64(blocks),
+                *[ctypes.c_int64(v) for v in (f, h, wd, k, ci, co, nt)],
+                *map(kernel.pointer, (du, dv, x_cl, gy_cl, packed, gb)), ctypes.c_int64(blocks),
                 ctypes.c_int(torch.get_num_threads())))  # fmt: skip
             gw = weight.new_zeros(k, co, ci, weight.shape[2] * weight.shape[3])
             gw = gw.index_copy_(3, flat, packed.permute(0, 3, 2, 1)).view_as(weight)  # zero at the masked taps

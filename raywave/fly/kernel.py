@@ -86,7 +86,7 @@ class Readout:
 
     def layout(self) -> _MapLayout:
         """The kernel's view of these tables (kernel.cpp's MapLayout; valid while this object lives)."""
-        return _MapLayout(_p(self.nodes), _p(self.pos), _p(self.off), len(self.off), self.n_out, self.columns,
+        return _MapLayout(*map(pointer, (self.nodes, self.pos, self.off)), len(self.off), self.n_out, self.columns,
                           self.side**2)  # fmt: skip
 
 
@@ -154,7 +154,8 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
         return False
 
 
-def _p(t: torch.Tensor | None):
+def pointer(t: torch.Tensor | None):
+    """A tensor's data for a ctypes call (None: a null pointer); shared with `raywave.fly.hexconv`."""
     return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
 
 
@@ -163,10 +164,10 @@ def _i(v: int):
 
 
 def _run_args(r: Runs) -> list:
-    return [_p(r.tar), _p(r.src), _p(r.length), _p(r.group), _p(r.ptr)]
+    return [pointer(t) for t in (r.tar, r.src, r.length, r.group, r.ptr)]
 
 
-def _suffix(dtype: torch.dtype) -> str:
+def dtype_suffix(dtype: torch.dtype) -> str:
     return "f64" if dtype == torch.float64 else "f32"
 
 
@@ -187,10 +188,10 @@ class _Integrate(torch.autograd.Function):
         r, f = readout, tables.forward
         grid = v0.new_empty(batch, steps, r.side, r.side, k * r.n_out) if r is not None else v0.new_empty(0)
         layout = ctypes.byref(r.layout()) if r is not None else None
-        getattr(_library(), f"fly_forward_{_suffix(v0.dtype)}")(
+        getattr(_library(), f"fly_forward_{dtype_suffix(v0.dtype)}")(
             _i(k), _i(n), _i(batch), _i(steps), _i(g), _i(cols), *_run_args(f), _i(len(f.ptr) - 1), _i(BLOCK),
-            _p(gw), _p(a), _p(b), _p(x), _p(tables.in_col), _p(states), _p(drive), _p(rbuf), layout,
-            _p(grid if r is not None else None), ctypes.c_int(torch.get_num_threads()))  # fmt: skip
+            *map(pointer, (gw, a, b, x, tables.in_col, states, drive, rbuf)), layout,
+            pointer(grid if r is not None else None), ctypes.c_int(torch.get_num_threads()))  # fmt: skip
         if keep:
             ctx.tables, ctx.k, ctx.input_index, ctx.cols, ctx.readout = tables, k, input_index, cols, readout
             ctx.save_for_backward(gw, a, states, drive)
@@ -215,11 +216,10 @@ class _Integrate(torch.autograd.Function):
         grad_gw = torch.empty_like(gw) if ctx.needs_input_grad[0] else None
         lbuf = states.new_empty(2, k * n, batch)
         r = tables.backward
-        getattr(_library(), f"fly_backward_{_suffix(states.dtype)}")(
-            _i(k), _i(n), _i(batch), _i(steps), _i(g), *_run_args(r), _i(len(r.ptr) - 1), _i(BLOCK), _p(gw), _p(a),
-            _p(states), _p(drive), _p(g_out), _p(mu), _p(mbuf), _p(lam), _p(grad_a), _p(grad_b), _p(grad_gw),
-            _p(lbuf), layout, _p(g_grid),
-            ctypes.c_int(torch.get_num_threads()))  # fmt: skip
+        getattr(_library(), f"fly_backward_{dtype_suffix(states.dtype)}")(
+            _i(k), _i(n), _i(batch), _i(steps), _i(g), *_run_args(r), _i(len(r.ptr) - 1), _i(BLOCK),
+            *map(pointer, (gw, a, states, drive, g_out, mu, mbuf, lam, grad_a, grad_b, grad_gw, lbuf)), layout,
+            pointer(g_grid), ctypes.c_int(torch.get_num_threads()))  # fmt: skip
         grad_x = None
         if need_x:  # every input type of a column receives the column's luminance
             per = mu.view(steps, k, n, batch)[:, :, ctx.input_index]
