@@ -1,5 +1,6 @@
-"""The native backward of the decoder's hex-masked convolutions equals the library convolution's gradients, for one
-model and for K grouped models, for both decoder layers' shapes, and does not depend on the thread count."""
+"""The native kernel of the decoder's hex-masked convolutions equals the library convolution and its gradients, for
+one model and for K grouped models, for both decoder layers' shapes and supports, and does not depend on the thread
+count."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import torch
 from torch.nn import functional as F
 
 from raywave.fly import hexconv
-from raywave.fly.decoder import HexConv
+from raywave.fly.decoder import FlowDecoder, HexConv
 
-pytestmark = pytest.mark.skipif(not hexconv.native_serves(torch.zeros(1, dtype=torch.float64), 34, 8),
+pytestmark = pytest.mark.skipif(not hexconv.native_serves(torch.zeros(1, dtype=torch.float64), 8),
                                 reason="no C++ compiler: the library convolution is used")  # fmt: skip
 
 
@@ -42,6 +43,30 @@ def test_native_backward_equals_the_library_convolution(c_in, c_out, k):
     assert native[1].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("layer", ["first", "second"])
+def test_supports_equal_the_masked_library_convolution(layer):
+    """The decoder's supports: the first layer reads its input on the lattice only, the second forms its output
+    there only; the kernel must equal conv2d(x * in_mask) * out_mask and its gradients (x dense everywhere)."""
+    lattice = FlowDecoder(34).conv1.in_support
+    full = hexconv.Support.full(31, 31)
+    c_in, c_out, ins, outs = (34, 8, lattice, full) if layer == "first" else (8, 3, full, lattice)
+    conv, x, gy = _problem(c_in, c_out, 2, torch.float64, seed=5)
+    x = torch.randn_like(x).requires_grad_()  # nonzero off the lattice too: the support must mask it
+    y = hexconv.hex_conv(x, conv.weight, conv.bias, conv.mask, 2, None, ins, outs)
+    native = [y.detach(), *torch.autograd.grad(y, [x, conv.weight, conv.bias], gy)]
+    ref = F.conv2d(x * ins.mask.double(), conv.weight * conv.mask, conv.bias, padding=2, groups=2) * outs.mask.double()
+    library = [ref.detach(), *torch.autograd.grad(ref, [x, conv.weight, conv.bias], gy)]
+    for name, a, b in zip(["output", "input", "weight", "bias"], native, library, strict=True):
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-12, name
+    assert not native[0][..., ~outs.mask].any()  # nothing formed off the output's support
+    assert not native[1][..., ~ins.mask].any()
+
+
+def test_a_support_is_one_segment_per_row():
+    with pytest.raises(ValueError, match="row 0"):
+        hexconv.Support(torch.tensor([[True, False, True]]).numpy())
+
+
 def test_native_backward_does_not_depend_on_the_thread_count():
     conv, x, gy = _problem(34, 8, 2, torch.float32, seed=3)
     threads = torch.get_num_threads()
@@ -60,4 +85,4 @@ def test_native_backward_does_not_depend_on_the_thread_count():
 def test_the_kernel_switch_selects_the_library(monkeypatch):
     monkeypatch.setenv("RAYWAVE_FLY_KERNEL", "torch")
     x = torch.zeros(1, 34, 31, 31).contiguous(memory_format=torch.channels_last)
-    assert not hexconv.native_serves(x, 34, 8)
+    assert not hexconv.native_serves(x, 8)

@@ -32,12 +32,14 @@ class HexConv(nn.Conv2d):
         self.register_buffer("mask", torch.from_numpy(mask))
         with torch.no_grad():
             self.weight.mul_(self.mask)
-        self._taps = None  # the unmasked taps, for the native backward (built on first use)
+        self._taps = None  # the unmasked taps, for the native kernel (built on first use)
+        self.in_support = self.out_support = None  # `hexconv.Support`s (None: the whole map)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._taps is None:
             self._taps = hexconv.taps(self.mask)
-        return hexconv.hex_conv(x, self.weight, self.bias, self.mask, self.groups, self._taps)
+        return hexconv.hex_conv(x, self.weight, self.bias, self.mask, self.groups, self._taps, self.in_support,
+                                self.out_support)
 
 
 class FlowDecoder(nn.Module):
@@ -79,6 +81,11 @@ class FlowDecoder(nn.Module):
         self.extent, self.dropout, self.hidden, self.n_out = extent, dropout, hidden, n_out
         u, v = hexlattice.columns(extent)
         self.register_buffer("flat_index", torch.from_numpy((u + extent) * (2 * extent + 1) + (v + extent)))
+        side = 2 * extent + 1
+        lattice = np.zeros(side * side, dtype=bool)
+        lattice[self.flat_index.numpy()] = True
+        # the input map is zero off the lattice and the flow is read on it: the convolutions skip the rest
+        self.conv1.in_support = self.conv2.out_support = hexconv.Support(lattice.reshape(side, side))
 
     @property
     def n_models(self) -> int:

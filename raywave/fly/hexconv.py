@@ -1,12 +1,15 @@
-"""The backward of the decoder's hex-masked convolution as a native CPU kernel (hexconv.cpp): the taps of the
-hexagon only (19 of 25), the K models of an ensemble in one call, the input gradient (a convolution pass) and the
-weight and bias gradients; results do not depend on the thread count.
+"""The decoder's hex-masked convolution as a native CPU kernel (hexconv.cpp), forward and backward: the taps of the
+hexagon only (19 of 25), the K models of an ensemble in one call, work only where the input is nonzero and the
+output is read (`Support`); results do not depend on the thread count.
 
-`hex_conv(x, weight, bias, mask, groups)` is `F.conv2d(x, weight * mask, bias, padding=r, groups=groups)` for a
-channels-last x. Its forward is that library call (oneDNN was faster there: ~20 ms against ~25 ms for the
-decoder's first layer on a 2-core CPU); its backward is this kernel's where the native library builds (the switch
-`RAYWAVE_FLY_KERNEL` of `raywave.fly.kernel` applies to both kernels), which for K = 8 grouped models took about
-55 ms per model against about 80 ms for oneDNN's grouped backward (as fast for one model), measured in isolation.
+`hex_conv(x, weight, bias, mask, groups, in_support, out_support)` is `F.conv2d(x * in_mask, weight * mask, bias,
+padding=r, groups=groups) * out_mask` for a channels-last x, with the masks of the two supports (the whole map by
+default). The decoder's first layer reads a map that is zero off the lattice (its input support), its second
+layer's output is read on the lattice only (its output support). The native kernel serves float32 and float64 on
+the CPU where it builds (the switch `RAYWAVE_FLY_KERNEL` of `raywave.fly.kernel` applies to both fly kernels); the
+library convolution serves everything else. On a 2-core CPU (160 frames, one model) the decoder's first layer took
+about 10 ms forward against oneDNN's 19 ms, and 13 ms for its input gradient against 29 ms for the earlier native
+kernel that formed every position and kept all 34 output channels' weights in one pass.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def _library() -> ctypes.CDLL:
 
     lib, _ = native.load(Path(__file__).with_name("hexconv.cpp"), "flyhexconv",
                          flags=(*native.DEFAULT_FLAGS, "-ffp-contract=fast"))  # fmt: skip
-    for name in ("hexconv_rows_f32", "hexconv_rows_f64", "hexconv_grad_weight_f32", "hexconv_grad_weight_f64"):
+    for name in ("hexconv_conv_f32", "hexconv_conv_f64", "hexconv_grad_weight_f32", "hexconv_grad_weight_f64"):
         getattr(lib, name).restype = ctypes.c_int
     return lib
 
@@ -43,23 +46,54 @@ def taps(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return i32(du), i32(dv), torch.from_numpy(flat)
 
 
-VECTORS = (1, 2, 5, 10)  # the kernel's instantiations: output channels padded to this many vectors
-WEIGHT_GRAD_VECTORS = (1, 2)
+class Support:
+    """Where on an (H, W) map a convolution's input may be nonzero, or its output is formed: one contiguous segment
+    of every row (as the hex lattice's rows are on the axial map)."""
+
+    def __init__(self, mask: np.ndarray):
+        mask = np.asarray(mask, dtype=bool)
+        seg = np.zeros((mask.shape[0], 2), dtype=np.int32)
+        seg[:, 1] = -1  # an empty row: hi < lo
+        for u, row in enumerate(mask):
+            on = np.flatnonzero(row)
+            if len(on) and on[-1] - on[0] + 1 != len(on):
+                raise ValueError(f"support row {u} is not one contiguous segment")
+            if len(on):
+                seg[u] = on[0], on[-1]
+        self.mask = torch.from_numpy(mask)
+        self.segments = torch.from_numpy(seg)  # (H, 2) [lo, hi] of each row
+
+    @staticmethod
+    @functools.lru_cache(maxsize=8)
+    def full(h: int, w: int) -> Support:
+        return Support(np.ones((h, w), dtype=bool))
+
+    @property
+    def is_full(self) -> bool:
+        return bool(self.mask.all())
+
+
+WEIGHT_GRAD_VECTORS = (1, 2)  # the weight gradient's instantiations: output channels padded to this many vectors
 
 
 def _lanes(dtype: torch.dtype) -> int:
     return 32 // torch.empty(0, dtype=dtype).element_size()  # one AVX vector
 
 
-def _vectors(channels: int, dtype: torch.dtype, options=VECTORS) -> int:
+def _vectors(channels: int, dtype: torch.dtype, options=WEIGHT_GRAD_VECTORS) -> int:
     """The fewest instantiated vectors that hold `channels` (0: none do)."""
     need = -(-channels // _lanes(dtype))
     return next((n for n in options if n >= need), 0)
 
 
-def _padded(w: torch.Tensor, vectors: int) -> torch.Tensor:
-    """w (..., C) with C padded with zeros to `vectors` vectors."""
-    return F.pad(w, (0, vectors * _lanes(w.dtype) - w.shape[-1])).contiguous()
+def _chunked(w: torch.Tensor) -> torch.Tensor:
+    """w (K, taps, CI, CO) -> (K, chunks, taps, CI, L): the output channels in chunks of one vector of L lanes
+    (zero-padded), each chunk's weights contiguous."""
+    lanes = _lanes(w.dtype)
+    k, nt, ci, co = w.shape
+    chunks = -(-co // lanes)
+    w = F.pad(w, (0, chunks * lanes - co))
+    return w.view(k, nt, ci, chunks, lanes).permute(0, 3, 1, 2, 4).contiguous()
 
 
 def _check(ok: int) -> None:
@@ -67,65 +101,86 @@ def _check(ok: int) -> None:
         raise RuntimeError("hexconv: no kernel instantiation for these channel counts")
 
 
-def _rows(x: torch.Tensor, w: torch.Tensor, du, dv, c_out: int) -> torch.Tensor:
-    """The kernel's convolution pass without bias: x (F, H, W, K·CI), w (K, taps, CI, CO) -> (F, H, W, K·CO)."""
+def _dims(x: torch.Tensor, k: int, ci: int, co: int, nt: int) -> list:
     f, h, wd, _ = x.shape
-    k, nt, ci, _ = w.shape
-    nv = _vectors(c_out, x.dtype)
-    w = _padded(w, nv)
-    out = x.new_empty(f, h, wd, k * c_out)
-    dims = [ctypes.c_int64(v) for v in (nv, f, h, wd, k, ci, c_out, nt)]
-    _check(getattr(_library(), f"hexconv_rows_{kernel.dtype_suffix(x.dtype)}")(
-        *dims, *map(kernel.pointer, (du, dv, x, w, None, out)), ctypes.c_int(torch.get_num_threads())))  # fmt: skip
+    return [ctypes.c_int64(v) for v in (f, h, wd, k, ci, co, nt)]
+
+
+def _conv(x: torch.Tensor, w: torch.Tensor, bias, du, dv, in_seg, out_seg) -> torch.Tensor:
+    """The kernel's convolution: x (F, H, W, K·CI), w (K, taps, CI, CO) -> (F, H, W, K·CO), zero off out_seg."""
+    k, nt, ci, co = w.shape
+    w = _chunked(w)  # (held here: the call only gets its address)
+    out = x.new_empty(*x.shape[:3], k * co)
+    getattr(_library(), f"hexconv_conv_{kernel.dtype_suffix(x.dtype)}")(
+        *_dims(x, k, ci, co, nt), *map(kernel.pointer, (du, dv, in_seg, out_seg, x, w, bias, out)),
+        ctypes.c_int(torch.get_num_threads()))  # fmt: skip
     return out
 
 
+def _weight_grad(x, gy, k: int, ci: int, co: int, tap_table, in_seg, out_seg):
+    """(K, taps, CI, CO) weight and (K·CO,) bias gradients from channels-last x and gy."""
+    du, dv, flat = tap_table
+    packed, gb = x.new_empty(k, len(flat), ci, co), x.new_empty(k * co)
+    blocks = min(16, x.shape[0])  # a fixed split of the frames: sums independent of the thread count
+    _check(getattr(_library(), f"hexconv_grad_weight_{kernel.dtype_suffix(x.dtype)}")(
+        ctypes.c_int64(_vectors(co, x.dtype)), *_dims(x, k, ci, co, len(flat)),
+        *map(kernel.pointer, (du, dv, in_seg, out_seg, x, gy, packed, gb)), ctypes.c_int64(blocks),
+        ctypes.c_int(torch.get_num_threads())))  # fmt: skip
+    return packed, gb
+
+
 class _HexConv(torch.autograd.Function):
-    """conv2d(x, weight * mask, bias, padding=r, groups=K) with x (F, K·CI, H, W) stored channels last: the
-    forward is the library's convolution, the backward this kernel's."""
+    """conv2d(x on in_support, weight * mask, bias, padding=r, groups=K) on out_support, with x (F, K·CI, H, W)
+    stored channels last (and the result too)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mask, groups: int, tap_table):
-        ctx.save_for_backward(x, weight)
-        ctx.groups, ctx.tap_table, ctx.padding = groups, tap_table, mask.shape[0] // 2
-        return F.conv2d(x, weight * mask, bias, padding=ctx.padding, groups=groups)
+    def forward(ctx, x, weight, bias, groups: int, tap_table, in_support: Support, out_support: Support):
+        k, co, ci = groups, weight.shape[0] // groups, weight.shape[1]
+        du, dv, flat = tap_table
+        w = weight.reshape(k, co, ci, -1).index_select(3, flat).permute(0, 3, 2, 1)  # (K, taps, CI, CO)
+        x_cl = x.permute(0, 2, 3, 1)
+        y = _conv(x_cl, w, bias.contiguous(), du, dv, in_support.segments, out_support.segments)
+        ctx.save_for_backward(x, w)
+        ctx.tap_table, ctx.supports, ctx.weight_shape = tap_table, (in_support, out_support), weight.shape
+        return y.permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight = ctx.saved_tensors
+        x, w = ctx.saved_tensors
         du, dv, flat = ctx.tap_table
-        k, co, ci = ctx.groups, weight.shape[0] // ctx.groups, weight.shape[1]
-        w = weight.reshape(k, co, ci, -1).index_select(3, flat).permute(0, 3, 2, 1)  # (K, taps, CI, CO)
-        x_cl, gy_cl = x.permute(0, 2, 3, 1).contiguous(), gy.permute(0, 2, 3, 1).contiguous()
+        k, nt, ci, co = w.shape
+        ins, outs = (s.segments for s in ctx.supports)
+        x_cl, gy_cl = x.permute(0, 2, 3, 1), gy.permute(0, 2, 3, 1).contiguous()
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:  # a convolution of gy with the weights transposed and the taps mirrored
-            gx = _rows(gy_cl, w.transpose(2, 3), -du, -dv, ci).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[0]:  # gy convolved with the weights transposed, the taps mirrored (row-major)
+            mirrored = w.transpose(2, 3).flip(1)
+            gx = _conv(gy_cl, mirrored, None, -du.flip(0), -dv.flip(0), outs, ins).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            f, h, wd, _ = x_cl.shape
-            nt = len(flat)
-            packed, gb = x.new_empty(k, nt, ci, co), x.new_empty(k * co)
-            blocks = min(16, f)  # a fixed split of the frames: sums independent of the thread count
-            _check(getattr(_library(), f"hexconv_grad_weight_{kernel.dtype_suffix(x.dtype)}")(
-                ctypes.c_int64(_vectors(co, x.dtype, WEIGHT_GRAD_VECTORS)),
-                *[ctypes.c_int64(v) for v in (f, h, wd, k, ci, co, nt)],
-                *map(kernel.pointer, (du, dv, x_cl, gy_cl, packed, gb)), ctypes.c_int64(blocks),
-                ctypes.c_int(torch.get_num_threads())))  # fmt: skip
-            gw = weight.new_zeros(k, co, ci, weight.shape[2] * weight.shape[3])
-            gw = gw.index_copy_(3, flat, packed.permute(0, 3, 2, 1)).view_as(weight)  # zero at the masked taps
-        return gx, gw, gb, None, None, None
+            packed, gb = _weight_grad(x_cl, gy_cl, k, ci, co, ctx.tap_table, ins, outs)
+            gw = packed.new_zeros(k, co, ci, ctx.weight_shape[2] * ctx.weight_shape[3])
+            gw = gw.index_copy_(3, flat, packed.permute(0, 3, 2, 1)).view(ctx.weight_shape)  # zero at masked taps
+        return gx, gw, gb, None, None, None, None
 
 
-def native_serves(x: torch.Tensor, c_in: int, c_out: int) -> bool:
-    """Whether the kernel has instantiations for these channel counts (per model) and x's device and dtype."""
-    return (x.dtype in (torch.float32, torch.float64) and _vectors(c_out, x.dtype, WEIGHT_GRAD_VECTORS) > 0
-            and _vectors(c_in, x.dtype) > 0 and kernel.available(x.device, x.dtype, _library))  # fmt: skip
+def native_serves(x: torch.Tensor, c_out: int) -> bool:
+    """Whether the kernel serves x's device and dtype and c_out output channels per model."""
+    return (x.dtype in (torch.float32, torch.float64) and _vectors(c_out, x.dtype) > 0
+            and kernel.available(x.device, x.dtype, _library))  # fmt: skip
 
 
 def hex_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor, groups: int,
-             tap_table: tuple | None = None) -> torch.Tensor:  # fmt: skip
-    """conv2d(x, weight * mask, bias, padding=r, groups) for x (F, K·CI, H, W) stored channels last (as the
-    decoder's maps are), with this kernel's backward where it serves (else all the library's)."""
-    co, ci = weight.shape[0] // groups, weight.shape[1]
-    if not x.permute(0, 2, 3, 1).is_contiguous() or not native_serves(x, ci, co):
-        return F.conv2d(x, weight * mask, bias, padding=mask.shape[0] // 2, groups=groups)
-    return _HexConv.apply(x, weight, bias, mask, groups, tap_table if tap_table is not None else taps(mask))
+             tap_table: tuple | None = None, in_support: Support | None = None,
+             out_support: Support | None = None) -> torch.Tensor:  # fmt: skip
+    """conv2d(x on in_support, weight * mask, bias, padding=r, groups) on out_support (zero elsewhere; both
+    supports default to the whole map) for x (F, K·CI, H, W); this kernel's where it serves and x is stored
+    channels last (as the decoder's maps are), else the library's."""
+    co = weight.shape[0] // groups
+    h, w = x.shape[2:]
+    ins = in_support if in_support is not None else Support.full(h, w)
+    outs = out_support if out_support is not None else Support.full(h, w)
+    if x.permute(0, 2, 3, 1).is_contiguous() and native_serves(x, co) and bias is not None:
+        return _HexConv.apply(x, weight, bias, groups, tap_table if tap_table is not None else taps(mask), ins, outs)
+    if not ins.is_full:
+        x = x * ins.mask.to(x.device, x.dtype)
+    y = F.conv2d(x, weight * mask, bias, padding=mask.shape[0] // 2, groups=groups)
+    return y if outs.is_full else y * outs.mask.to(y.device, y.dtype)
