@@ -125,28 +125,26 @@ void conv(const Shape& s, const T* in, const T* w, const T* bias, T* out, int th
   }
 }
 
-// dst[c * CP + o] += sum over v0 <= v <= v1 of x[v * stride + c] * g[v][o] for c < NC (a compile-time count, so the
+// dst[c][n] += sum over v0 <= v <= v1 of x[v * stride + c] * g[v * NV + n] for c < NC (a compile-time count, so the
 // NC x NV sums stay in registers).
 template <typename T, int NV, int NC>
-inline void dots(const T* x, i64 stride, const typename Vec<T>::type* g, i64 v0, i64 v1, double* dst) {
+inline void dots(const T* x, i64 stride, const typename Vec<T>::type* g, i64 v0, i64 v1,
+                 typename Vec<T>::type* dst) {
   typedef typename Vec<T>::type V;
-  constexpr int L = 32 / sizeof(T), CP = NV * L;
   V acc[NC][NV] = {};
   for (i64 v = v0; v <= v1; ++v) {
     const T* xv = x + v * stride;
     for (int c = 0; c < NC; ++c)
       for (int n = 0; n < NV; ++n) acc[c][n] += xv[c] * g[v * NV + n];
   }
-  T sums[NC * CP];
   for (int c = 0; c < NC; ++c)
-    for (int n = 0; n < NV; ++n) __builtin_memcpy(sums + c * CP + n * L, &acc[c][n], sizeof(V));
-  for (int i = 0; i < NC * CP; ++i) dst[i] += sums[i];
+    for (int n = 0; n < NV; ++n) dst[c * NV + n] += acc[c][n];
 }
 
 // `dots` for nc <= NC channels (nc known at run time: dispatched to its compile-time count).
 template <typename T, int NV, int NC>
 inline void channel_dots(i64 nc, const T* x, i64 stride, const typename Vec<T>::type* g, i64 v0, i64 v1,
-                         double* dst) {
+                         typename Vec<T>::type* dst) {
   if constexpr (NC > 1)
     if (nc < NC) return channel_dots<T, NV, NC - 1>(nc, x, stride, g, v0, v1, dst);
   dots<T, NV, NC>(x, stride, g, v0, v1, dst);
@@ -155,8 +153,9 @@ inline void channel_dots(i64 nc, const T* x, i64 stride, const typename Vec<T>::
 // Weight and bias gradients: gw[k,t,c,o] = sum over frames and positions (u, v) of the output's support whose input
 // (u+du, v+dv) is in the input's support of x[f, u+du, v+dv, k*CI+c] * gy[f,u,v,k*CO+o] (w's layout: CP = NV * L
 // output channels, zero beyond CO), gb[k*CO+o] = sum of gy over the output's support. For each row and tap, CB
-// input channels at a time are summed over the row's positions in vector registers. Frames are split into `blocks`
-// fixed blocks; each block's sums are formed in double by one thread (rows in order) and the blocks added in order.
+// input channels at a time are summed over the row's positions in vector registers, and a frame's rows in T. Frames
+// are split into `blocks` fixed blocks; each block's sums of the frames are formed in double by one thread (frames in
+// order) and the blocks added in order.
 template <typename T, int NV, int CB>
 void grad_weight(const Shape& s, const T* x, const T* gy, T* gw, T* gb, i64 blocks, int threads) {
   typedef typename Vec<T>::type V;
@@ -171,7 +170,9 @@ void grad_weight(const Shape& s, const T* x, const T* gy, T* gw, T* gb, i64 bloc
     double* pb = part.data() + bl * (NW + NB) + NW + k * CO;
     std::vector<T> row(W * CP);  // the row's output gradient, padded to CP channels
     const V* g = reinterpret_cast<const V*>(row.data());
-    for (i64 f = F * bl / blocks; f < F * (bl + 1) / blocks; ++f)
+    std::vector<T> frame(NT * CI * CP, T(0));  // the frame's sums
+    V* fsum = reinterpret_cast<V*>(frame.data());
+    for (i64 f = F * bl / blocks; f < F * (bl + 1) / blocks; ++f) {
       for (i64 u = 0; u < H; ++u) {
         const i64 lo = s.out_seg[2 * u], hi = s.out_seg[2 * u + 1];
         for (i64 v = lo; v <= hi; ++v)
@@ -188,9 +189,12 @@ void grad_weight(const Shape& s, const T* x, const T* gy, T* gw, T* gb, i64 bloc
           const T* xp = x + ((f * H + uu) * W + dv) * K * CI + k * CI;  // x at column v + dv
           for (i64 c0 = 0; c0 < CI; c0 += CB)
             channel_dots<T, NV, CB>(std::min<i64>(CB, CI - c0), xp + c0, K * CI, g, v0, v1,
-                                    pw + (t * CI + c0) * CP);
+                                    fsum + (t * CI + c0) * NV);
         }
       }
+      for (i64 i = 0; i < NT * CI * CP; ++i) pw[i] += frame[i];
+      std::fill(frame.begin(), frame.end(), T(0));
+    }
   }
   for (i64 k = 0; k < K; ++k)
     for (i64 i = 0; i < NT * CI; ++i)
