@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from raywave.fly import hexconv
-from raywave.fly.decoder import FlowDecoder, HexConv
+from raywave.fly.decoder import FlowDecoder, HexConv, batch_norm
 
 pytestmark = pytest.mark.skipif(not hexconv.native_serves(torch.zeros(1, dtype=torch.float64), 8),
                                 reason="no C++ compiler: the library convolution is used")  # fmt: skip
@@ -86,3 +86,26 @@ def test_the_kernel_switch_selects_the_library(monkeypatch):
     monkeypatch.setenv("RAYWAVE_FLY_KERNEL", "torch")
     x = torch.zeros(1, 34, 31, 31).contiguous(memory_format=torch.channels_last)
     assert not hexconv.native_serves(x, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_batch_norm_equals_torch(dtype):
+    """The decoder's training-mode batch norm (native kernel) equals nn.BatchNorm2d: output, gradients and running
+    statistics over two steps, for channels-last maps that are far from zero mean (the two-pass variance)."""
+    g = torch.Generator().manual_seed(0)
+    ours, ref = torch.nn.BatchNorm2d(16).to(dtype), torch.nn.BatchNorm2d(16).to(dtype)
+    with torch.no_grad():
+        ours.weight.normal_(generator=g), ours.bias.normal_(generator=g)
+        ref.load_state_dict(ours.state_dict())
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for _ in range(2):
+        x = (torch.randn(6, 31, 31, 16, generator=g, dtype=dtype) * 3 + 5).permute(0, 3, 1, 2).requires_grad_()
+        gy = torch.randn(6, 16, 31, 31, generator=g, dtype=dtype)
+        a, b = batch_norm(x, ours), ref(x)
+        assert a.is_contiguous(memory_format=torch.channels_last)
+        ga = torch.autograd.grad(a, [x, ours.weight, ours.bias], gy)
+        gb = torch.autograd.grad(b, [x, ref.weight, ref.bias], gy)
+        for u, v in [(a, b), *zip(ga, gb, strict=True), (ours.running_mean, ref.running_mean),
+                     (ours.running_var, ref.running_var)]:  # fmt: skip
+            assert float((u - v).detach().abs().max() / v.detach().abs().max()) < tol
+    assert int(ours.num_batches_tracked) == 2

@@ -107,7 +107,7 @@ class FlowDecoder(nn.Module):
         b, t, side, _, c = maps.shape
         k, n = self.n_models, len(self.flat_index)
         x = maps.view(b * t, side, side, c).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
-        x = F.softplus(self.norm(self.conv1(x)))
+        x = F.softplus(batch_norm(self.conv1(x), self.norm))
         if self.training and self.dropout > 0:  # inverted dropout (see dropout_keep)
             gens = generator if isinstance(generator, list | tuple) else [generator] * k
             x = x * dropout_keep(x.shape, self.dropout, gens, x.dtype, x.device)
@@ -140,6 +140,28 @@ class FlowDecoder(nn.Module):
                     own[name].copy_(value)
                 else:
                     own[name][j * per[name.split(".")[0]] : (j + 1) * per[name.split(".")[0]]].copy_(value)
+
+
+def batch_norm(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
+    """norm(x) for x (F, C, H, W). In training mode, for x stored channels last on the CPU, with the native kernel
+    (`hexconv.channel_norm`, two passes forward and two backward over the (F·H·W, C) matrix, about 4x faster than
+    torch's channels-last batch norm for the decoder's 8 channels per model), the running statistics updated as
+    nn.BatchNorm2d does."""
+    f, c, h, w = x.shape
+    rows = x.permute(0, 2, 3, 1)
+    out = None
+    if norm.training and norm.track_running_stats and rows.is_contiguous():
+        out = hexconv.channel_norm(rows.view(-1, c), norm.weight, norm.bias, norm.eps)
+    if out is None:
+        return norm(x)
+    y, mean, var = out
+    n = rows.numel() // c
+    with torch.no_grad():
+        norm.num_batches_tracked.add_(1)
+        m = norm.momentum if norm.momentum is not None else 1 / float(norm.num_batches_tracked)
+        norm.running_mean.mul_(1 - m).add_(mean, alpha=m)
+        norm.running_var.mul_(1 - m).add_(var * (n / max(n - 1, 1)), alpha=m)
+    return y.view(f, h, w, c).permute(0, 3, 1, 2)
 
 
 def input_map(voltages: torch.Tensor, map_index: torch.Tensor, side: int) -> torch.Tensor:

@@ -17,6 +17,7 @@
 // added in order, so results do not depend on the thread count.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <vector>
@@ -210,6 +211,71 @@ void grad_weight(const Shape& s, const T* x, const T* gy, T* gw, T* gb, i64 bloc
   }
 }
 
+// The decoder's batch norm in training mode over x (N, C) (a channels-last map's positions by channels): per channel
+// c, mean[c] and the biased variance var[c] over the N rows (two passes), y = (x - mean) * invstd * gamma + beta with
+// invstd = 1 / sqrt(var + eps). Column sums are formed per fixed block of rows in double by one thread and the blocks
+// added in order (independent of the thread count).
+template <typename T, typename F>
+void column_sums(i64 N, i64 C, i64 blocks, int threads, double* out, F term) {
+  std::vector<double> part(blocks * C, 0.0);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 bl = 0; bl < blocks; ++bl) {
+    double* p = part.data() + bl * C;
+    for (i64 n = N * bl / blocks; n < N * (bl + 1) / blocks; ++n)
+      for (i64 c = 0; c < C; ++c) p[c] += term(n, c);
+  }
+  for (i64 c = 0; c < C; ++c) {
+    out[c] = 0;
+    for (i64 bl = 0; bl < blocks; ++bl) out[c] += part[bl * C + c];
+  }
+}
+
+template <typename T>
+void norm_forward(i64 N, i64 C, const T* x, const T* gamma, const T* beta, double eps, T* y, T* mean_out, T* var_out,
+                  T* invstd_out, i64 blocks, int threads) {
+  std::vector<double> sum(C), sq(C);
+  column_sums<T>(N, C, blocks, threads, sum.data(), [&](i64 n, i64 c) { return (double)x[n * C + c]; });
+  std::vector<T> mean(C), scale(C), shift(C);
+  for (i64 c = 0; c < C; ++c) mean[c] = (T)(sum[c] / N);
+  column_sums<T>(N, C, blocks, threads, sq.data(), [&](i64 n, i64 c) {
+    const double d = x[n * C + c] - mean[c];
+    return d * d;
+  });
+  for (i64 c = 0; c < C; ++c) {
+    const double var = sq[c] / N, invstd = 1 / std::sqrt(var + eps);
+    mean_out[c] = mean[c];
+    var_out[c] = (T)var;
+    invstd_out[c] = (T)invstd;
+    scale[c] = (T)(invstd * gamma[c]);
+    shift[c] = beta[c];
+  }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 n = 0; n < N; ++n)
+    for (i64 c = 0; c < C; ++c) y[n * C + c] = (x[n * C + c] - mean[c]) * scale[c] + shift[c];
+}
+
+// Its backward: with d = x - mean, sg = sum of gy and sgd = sum of gy * d over the rows, gbeta = sg,
+// ggamma = sgd * invstd, gx = gamma * invstd * (gy - sg / N - d * invstd^2 * sgd / N).
+template <typename T>
+void norm_backward(i64 N, i64 C, const T* x, const T* gy, const T* mean, const T* invstd, const T* gamma, T* gx,
+                   T* ggamma, T* gbeta, i64 blocks, int threads) {
+  std::vector<double> sg(C), sgd(C);
+  column_sums<T>(N, C, blocks, threads, sg.data(), [&](i64 n, i64 c) { return (double)gy[n * C + c]; });
+  column_sums<T>(N, C, blocks, threads, sgd.data(),
+                 [&](i64 n, i64 c) { return (double)gy[n * C + c] * (x[n * C + c] - mean[c]); });
+  std::vector<T> a(C), b(C), m(C);
+  for (i64 c = 0; c < C; ++c) {
+    gbeta[c] = (T)sg[c];
+    ggamma[c] = (T)(sgd[c] * invstd[c]);
+    a[c] = (T)(gamma[c] * (double)invstd[c]);  // gx = a * (gy - m) - b * d
+    m[c] = (T)(sg[c] / N);
+    b[c] = (T)(gamma[c] * (double)invstd[c] * invstd[c] * invstd[c] * sgd[c] / N);
+  }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 n = 0; n < N; ++n)
+    for (i64 c = 0; c < C; ++c) gx[n * C + c] = a[c] * (gy[n * C + c] - m[c]) - b[c] * (x[n * C + c] - mean[c]);
+}
+
 // The weight gradient's instantiations, register blocks sized for 16 vector registers: nv, the vectors of L lanes
 // the weights' output channels are padded to, is 1 or 2.
 template <typename T>
@@ -244,5 +310,17 @@ extern "C" {
   }
 HEXCONV(f32, float)
 HEXCONV(f64, double)
+
+#define NORM(SUFFIX, T)                                                                                          \
+  void norm_forward_##SUFFIX(i64 N, i64 C, const T* x, const T* gamma, const T* beta, double eps, T* y, T* mean,  \
+                             T* var, T* invstd, i64 blocks, int threads) {                                       \
+    norm_forward<T>(N, C, x, gamma, beta, eps, y, mean, var, invstd, blocks, threads);                           \
+  }                                                                                                              \
+  void norm_backward_##SUFFIX(i64 N, i64 C, const T* x, const T* gy, const T* mean, const T* invstd,             \
+                              const T* gamma, T* gx, T* ggamma, T* gbeta, i64 blocks, int threads) {             \
+    norm_backward<T>(N, C, x, gy, mean, invstd, gamma, gx, ggamma, gbeta, blocks, threads);                      \
+  }
+NORM(f32, float)
+NORM(f64, double)
 
 }  // extern "C"

@@ -33,6 +33,8 @@ def _library() -> ctypes.CDLL:
                          flags=(*native.DEFAULT_FLAGS, "-ffp-contract=fast"))  # fmt: skip
     for name in ("hexconv_conv_f32", "hexconv_conv_f64", "hexconv_grad_weight_f32", "hexconv_grad_weight_f64"):
         getattr(lib, name).restype = ctypes.c_int
+    for name in ("norm_forward_f32", "norm_forward_f64", "norm_backward_f32", "norm_backward_f64"):
+        getattr(lib, name).restype = None
     return lib
 
 
@@ -160,6 +162,47 @@ class _HexConv(torch.autograd.Function):
             gw = packed.new_zeros(k, co, ci, ctx.weight_shape[2] * ctx.weight_shape[3])
             gw = gw.index_copy_(3, flat, packed.permute(0, 3, 2, 1)).view(ctx.weight_shape)  # zero at masked taps
         return gx, gw, gb, None, None, None, None
+
+
+NORM_BLOCKS = 64  # a fixed split of the rows for the batch norm's sums: independent of the thread count
+
+
+class _ChannelNorm(torch.autograd.Function):
+    """Batch norm in training mode over the rows of x (N, C): -> (y, mean, biased variance); see hexconv.cpp."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps: float):
+        n, c = x.shape
+        gamma, beta = gamma.contiguous(), beta.contiguous()
+        y = torch.empty_like(x)
+        mean, var, invstd = x.new_empty(c), x.new_empty(c), x.new_empty(c)
+        getattr(_library(), f"norm_forward_{kernel.dtype_suffix(x.dtype)}")(
+            ctypes.c_int64(n), ctypes.c_int64(c), *map(kernel.pointer, (x, gamma, beta)), ctypes.c_double(eps),
+            *map(kernel.pointer, (y, mean, var, invstd)), ctypes.c_int64(NORM_BLOCKS),
+            ctypes.c_int(torch.get_num_threads()))  # fmt: skip
+        ctx.save_for_backward(x, gamma, mean, invstd)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, gy, _g_mean, _g_var):
+        x, gamma, mean, invstd = ctx.saved_tensors
+        n, c = x.shape
+        gy = gy.contiguous()
+        gx, g_gamma, g_beta = torch.empty_like(x), x.new_empty(c), x.new_empty(c)
+        getattr(_library(), f"norm_backward_{kernel.dtype_suffix(x.dtype)}")(
+            ctypes.c_int64(n), ctypes.c_int64(c),
+            *map(kernel.pointer, (x, gy, mean, invstd, gamma, gx, g_gamma, g_beta)), ctypes.c_int64(NORM_BLOCKS),
+            ctypes.c_int(torch.get_num_threads()))  # fmt: skip
+        return gx, g_gamma, g_beta, None
+
+
+def channel_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float):
+    """Batch normalisation in training mode over the rows of x (N, C) contiguous, with this library's kernel:
+    -> (y, mean, biased variance), or None where the kernel does not serve x."""
+    if not (x.is_contiguous() and x.dim() == 2 and native_serves(x, 1)):
+        return None
+    return _ChannelNorm.apply(x, gamma, beta, eps)
 
 
 def native_serves(x: torch.Tensor, c_out: int) -> bool:
