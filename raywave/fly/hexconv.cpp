@@ -115,10 +115,15 @@ void conv(const Shape& s, const T* in, const T* w, const T* bias, T* out, int th
                 for (int j = 0; j < VB; ++j) acc[j] += ip[j * CI + i] * wv;
               }
             }
-            T sums[VB * L];  // (through a buffer: indexed at run time, acc would live in memory, not registers)
-            for (int j = 0; j < VB; ++j) __builtin_memcpy(sums + j * L, &acc[j], sizeof(V));
-            for (i64 j = 0; j < std::min<i64>(VB, hi - v0 + 1); ++j)
-              std::copy_n(sums + j * L, no, row + (v0 + j) * K * CO + o0);
+            const i64 nj = std::min<i64>(VB, hi - v0 + 1);
+            if (no == L && nj == VB) {  // a whole block of whole vectors: straight from the registers
+              for (int j = 0; j < VB; ++j) __builtin_memcpy(row + (v0 + j) * K * CO + o0, &acc[j], sizeof(V));
+            } else {  // (through a buffer: indexed at run time, acc would live in memory, not in registers)
+              T sums[VB * L];
+              for (int j = 0; j < VB; ++j) __builtin_memcpy(sums + j * L, &acc[j], sizeof(V));
+              for (i64 j = 0; j < nj; ++j)
+                for (i64 o = 0; o < no; ++o) row[(v0 + j) * K * CO + o0 + o] = sums[j * L + o];
+            }
           }
         }
       }
