@@ -109,3 +109,12 @@ def test_native_batch_norm_equals_torch(dtype):
                      (ours.running_var, ref.running_var)]:  # fmt: skip
             assert float((u - v).detach().abs().max() / v.detach().abs().max()) < tol
     assert int(ours.num_batches_tracked) == 2
+    rows, threads = x.detach().permute(0, 2, 3, 1).reshape(-1, 16), torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            runs.append(hexconv.channel_norm(rows, ours.weight, ours.bias, 1e-5))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))  # the sums' blocks do not follow the threads

@@ -5,9 +5,10 @@ ReLU voltages of the output cell types on the (2e+1)² axial map -> hex-masked 5
 7,427 parameters for 34 output types. The masks keep the kernel taps of a hexagon of radius 2 in axial
 coordinates (19 of 25), so the convolution is a function on the hex lattice.
 
-The maps are channels-last (frames, rows, cols, channels) throughout, which is what oneDNN convolves fastest
-on a CPU (about 2× over NCHW for these shapes); a (B, T, columns, C)-ordered input, as
-`FlyNetwork.output_voltages` returns, goes onto the map without a transpose.
+The maps are channels-last (frames, rows, cols, channels) throughout: the layout the native kernels of
+`raywave.fly.hexconv` read (the convolutions, on the lattice where only it matters, and the training-mode batch
+norm), and the one oneDNN convolves fastest where they do not serve (about 2× over NCHW for these shapes); a
+(B, T, columns, C)-ordered input, as `FlyNetwork.output_voltages` returns, goes onto the map without a transpose.
 """
 
 from __future__ import annotations
