@@ -43,28 +43,34 @@ def test_native_backward_equals_the_library_convolution(c_in, c_out, k):
     assert native[1].is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("layer", ["first", "second"])
-def test_supports_equal_the_masked_library_convolution(layer):
+@pytest.mark.parametrize(("layer", "dtype"), [("first", torch.float64), ("second", torch.float64),
+                                             ("first", torch.float32), ("second", torch.float32)])  # fmt: skip
+def test_supports_equal_the_masked_library_convolution(layer, dtype):
     """The decoder's supports: the first layer reads its input on the lattice only, the second forms its output
     there only; the kernel must equal conv2d(x * in_mask) * out_mask and its gradients (x dense everywhere)."""
     lattice = FlowDecoder(34).conv1.in_support
     full = hexconv.Support.full(31, 31)
     c_in, c_out, ins, outs = (34, 8, lattice, full) if layer == "first" else (8, 3, full, lattice)
-    conv, x, gy = _problem(c_in, c_out, 2, torch.float64, seed=5)
+    conv, x, gy = _problem(c_in, c_out, 2, dtype, seed=5)
     x = torch.randn_like(x).requires_grad_()  # nonzero off the lattice too: the support must mask it
     y = hexconv.hex_conv(x, conv.weight, conv.bias, conv.mask, 2, None, ins, outs)
     native = [y.detach(), *torch.autograd.grad(y, [x, conv.weight, conv.bias], gy)]
-    ref = F.conv2d(x * ins.mask.double(), conv.weight * conv.mask, conv.bias, padding=2, groups=2) * outs.mask.double()
+    in_mask, out_mask = ins.mask.to(dtype), outs.mask.to(dtype)
+    ref = F.conv2d(x * in_mask, conv.weight * conv.mask, conv.bias, padding=2, groups=2) * out_mask
     library = [ref.detach(), *torch.autograd.grad(ref, [x, conv.weight, conv.bias], gy)]
+    tol = 1e-12 if dtype == torch.float64 else 1e-5  # float32: the whole-vector paths (8 lanes) are exercised too
     for name, a, b in zip(["output", "input", "weight", "bias"], native, library, strict=True):
-        assert float((a - b).abs().max() / b.abs().max()) < 1e-12, name
+        assert float((a - b).abs().max() / b.abs().max()) < tol, name
     assert not native[0][..., ~outs.mask].any()  # nothing formed off the output's support
     assert not native[1][..., ~ins.mask].any()
 
 
-def test_a_support_is_one_segment_per_row():
+def test_a_support_is_one_segment_per_row_of_the_map():
     with pytest.raises(ValueError, match="row 0"):
         hexconv.Support(torch.tensor([[True, False, True]]).numpy())
+    conv, x, _ = _problem(8, 3, 1, torch.float32)
+    with pytest.raises(ValueError, match="for a 31x31 map"):
+        hexconv.hex_conv(x, conv.weight, conv.bias, conv.mask, 1, None, hexconv.Support.full(29, 29))
 
 
 def test_native_backward_does_not_depend_on_the_thread_count():

@@ -157,11 +157,11 @@ inline void channel_dots(i64 nc, const T* x, i64 stride, const typename Vec<T>::
 }
 
 // Weight and bias gradients: gw[k,t,c,o] = sum over frames and positions (u, v) of the output's support whose input
-// (u+du, v+dv) is in the input's support of x[f, u+du, v+dv, k*CI+c] * gy[f,u,v,k*CO+o] (w's layout: CP = NV * L
-// output channels, zero beyond CO), gb[k*CO+o] = sum of gy over the output's support. For each row and tap, CB
-// input channels at a time are summed over the row's positions in vector registers, and a frame's rows in T. Frames
-// are split into `blocks` fixed blocks; each block's sums of the frames are formed in double by one thread (frames in
-// order) and the blocks added in order.
+// (u+du, v+dv) is in the input's support of x[f, u+du, v+dv, k*CI+c] * gy[f,u,v,k*CO+o] (gw (K, taps, CI, CO); the
+// sums are kept with CP = NV * L output channels, zero beyond CO), gb[k*CO+o] = sum of gy over the output's
+// support. For each row and tap, CB input channels at a time are summed over the row's positions in vector
+// registers, and a frame's rows in T. Frames are split into `blocks` fixed blocks; each block's sums of the frames
+// are formed in double by one thread (frames in order) and the blocks added in order.
 template <typename T, int NV, int CB>
 void grad_weight(const Shape& s, const T* x, const T* gy, T* gw, T* gb, i64 blocks, int threads) {
   typedef typename Vec<T>::type V;

@@ -1,15 +1,16 @@
 """The decoder's hex-masked convolution as a native CPU kernel (hexconv.cpp), forward and backward: the taps of the
 hexagon only (19 of 25), the K models of an ensemble in one call, work only where the input is nonzero and the
-output is read (`Support`); results do not depend on the thread count.
+output is read (`Support`); and the decoder's training-mode batch norm (`channel_norm`). Results do not depend on
+the thread count.
 
-`hex_conv(x, weight, bias, mask, groups, in_support, out_support)` is `F.conv2d(x * in_mask, weight * mask, bias,
-padding=r, groups=groups) * out_mask` for a channels-last x, with the masks of the two supports (the whole map by
-default). The decoder's first layer reads a map that is zero off the lattice (its input support), its second
-layer's output is read on the lattice only (its output support). The native kernel serves float32 and float64 on
-the CPU where it builds (the switch `RAYWAVE_FLY_KERNEL` of `raywave.fly.kernel` applies to both fly kernels); the
-library convolution serves everything else. On a 2-core CPU (160 frames, one model) the decoder's first layer took
-about 10 ms forward against oneDNN's 19 ms, and 13 ms for its input gradient against 29 ms for the earlier native
-kernel that formed every position and kept all 34 output channels' weights in one pass.
+`hex_conv(x, weight, bias, mask, groups, tap_table, in_support, out_support)` is `F.conv2d(x * in_mask, weight *
+mask, bias, padding=r, groups=groups) * out_mask` for a channels-last x, with the masks of the two supports (the
+whole map by default). The decoder's first layer reads a map that is zero off the lattice (its input support), its
+second layer's output is read on the lattice only (its output support). The native kernel serves float32 and float64
+on the CPU where it builds (the switch `RAYWAVE_FLY_KERNEL` of `raywave.fly.kernel` applies to both fly kernels);
+the library convolution serves everything else. On a 2-core CPU (160 frames, one model) the decoder's first layer
+took about 10 ms forward against oneDNN's 19 ms, and 13 ms for its input gradient against 29 ms for the earlier
+native kernel that formed every position and kept all 34 output channels' weights in one pass.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class _HexConv(torch.autograd.Function):
         return y.permute(0, 3, 1, 2)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
         du, dv, flat = ctx.tap_table
@@ -185,6 +187,7 @@ class _ChannelNorm(torch.autograd.Function):
         return y, mean, var
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, gy, _g_mean, _g_var):
         x, gamma, mean, invstd = ctx.saved_tensors
         n, c = x.shape
@@ -200,7 +203,8 @@ class _ChannelNorm(torch.autograd.Function):
 def channel_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float):
     """Batch normalisation in training mode over the rows of x (N, C) contiguous, with this library's kernel:
     -> (y, mean, biased variance), or None where the kernel does not serve x."""
-    if not (x.is_contiguous() and x.dim() == 2 and native_serves(x, 1)):
+    same = all(t is not None and t.dtype == x.dtype and t.device == x.device for t in (gamma, beta))
+    if not (same and x.is_contiguous() and x.dim() == 2 and x.shape[0] > 1 and native_serves(x, 1)):
         return None
     return _ChannelNorm.apply(x, gamma, beta, eps)
 
@@ -221,7 +225,10 @@ def hex_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: to
     h, w = x.shape[2:]
     ins = in_support if in_support is not None else Support.full(h, w)
     outs = out_support if out_support is not None else Support.full(h, w)
-    if x.permute(0, 2, 3, 1).is_contiguous() and native_serves(x, co) and bias is not None:
+    if ins.mask.shape != (h, w) or outs.mask.shape != (h, w):
+        raise ValueError(f"supports of shape {tuple(ins.mask.shape)} and {tuple(outs.mask.shape)} for a {h}x{w} map")
+    same = all(t is not None and t.dtype == x.dtype and t.device == x.device for t in (weight, bias))
+    if same and x.permute(0, 2, 3, 1).is_contiguous() and native_serves(x, co):
         return _HexConv.apply(x, weight, bias, groups, tap_table if tap_table is not None else taps(mask), ins, outs)
     if not ins.is_full:
         x = x * ins.mask.to(x.device, x.dtype)
