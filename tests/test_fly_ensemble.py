@@ -30,28 +30,35 @@ def _cfg(root, seed: int, **kw) -> FlyTrainConfig:
     return FlyTrainConfig(**{**base, **kw})
 
 
-def test_ensemble_member_equals_single_network(fly_connectome):
-    """One pass of two models: voltages, decoder output and every gradient equal the single models' (float64)."""
-    nets = [FlyNetwork(fly_connectome, s).double() for s in (3, 5)]
+@pytest.mark.parametrize("seeds", [(3, 5), (3, 5, 9)])
+def test_ensemble_member_equals_single_network(fly_connectome, seeds):
+    """One pass of K models: voltages, decoder output and every gradient equal the single models' (float64); K = 3
+    through the decoder's readout map written by the integration."""
+    nets = [FlyNetwork(fly_connectome, s).double() for s in seeds]
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # different, random parameters per model (some tau below dt)
         for n in nets:
             n.v_rest.normal_(0.5, 0.3, generator=g)
             n.tau.uniform_(0.01, 0.1, generator=g)
             n.strength.mul_(3 * torch.rand(n.strength.shape, generator=g, dtype=torch.float64))
-    ens = FlyEnsemble(fly_connectome, [3, 5], nets[0]).double()
+    k = len(seeds)
+    ens = FlyEnsemble(fly_connectome, list(seeds), nets[0]).double()
     for j, n in enumerate(nets):
         ens.load_member(j, n.state_dict())
-    dec = FlowDecoder(34, seed=[3, 5]).double()
+    dec = FlowDecoder(34, seed=list(seeds)).double()
     with torch.no_grad():
         dec.conv2.weight.normal_(0, 0.1, generator=g)
-    x = torch.rand(2, 2, 6, 721, generator=g, dtype=torch.float64)
-    gens = [torch.Generator().manual_seed(s) for s in (7, 8)]
-    v = ens(x, 0.02, ens.steady_state(2, 0.02, 0.06))
-    out = dec(ens.output_voltages(v), gens)
+    x = torch.rand(k, 2, 6, 721, generator=g, dtype=torch.float64)
+    gens = [torch.Generator().manual_seed(7 + j) for j in range(k)]
+    if k == 2:
+        v = ens(x, 0.02, ens.steady_state(2, 0.02, 0.06))
+        out = dec(ens.output_voltages(v), gens)
+    else:
+        v, maps = ens(x, 0.02, ens.steady_state(2, 0.02, 0.06), readout=dec.readout())
+        out = dec.decode(maps, gens)
     ((out**2).sum() + 0.01 * v.sum()).backward()
     for j, n in enumerate(nets):
-        single = FlowDecoder(34, seed=[3, 5][j]).double()
+        single = FlowDecoder(34, seed=seeds[j]).double()
         single.load_state_dict(dec.member_state(j))
         y = n(x[j], 0.02, n.steady_state(2, 0.02, 0.06))
         o = single(n.output_voltages(y), torch.Generator().manual_seed(7 + j))
