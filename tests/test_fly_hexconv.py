@@ -124,3 +124,25 @@ def test_native_batch_norm_equals_torch(dtype):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))  # the sums' blocks do not follow the threads
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_softplus_and_dropout_equal_torch(dtype):
+    """softplus(z) * keep and its gradient equal torch's (vector exp/log1p: rounding only), above and below the
+    threshold, with and without a dropout mask; a NaN stays NaN (a diverged model must be seen)."""
+    g = torch.Generator().manual_seed(2)
+    z = (8 * torch.randn(6, 31, 31, 8, generator=g, dtype=dtype)).permute(0, 3, 1, 2)
+    z[0, :4, 0, 0] = torch.tensor([25.0, -30.0, 20.0, 0.0], dtype=dtype)
+    z.requires_grad_()
+    keep = 2 * (torch.rand(6, 31, 31, 8, generator=g) < 0.5).to(dtype).permute(0, 3, 1, 2)
+    gy = torch.randn(6, 8, 31, 31, generator=g, dtype=dtype)
+    tol = 1e-14 if dtype == torch.float64 else 1e-6
+    for k in (keep, None):
+        ours, ref = hexconv.softplus_keep(z, k), F.softplus(z) * (1 if k is None else k)
+        assert ours.is_contiguous(memory_format=torch.channels_last)
+        for a, b in [(ours, ref), (torch.autograd.grad(ours, z, gy)[0], torch.autograd.grad(ref, z, gy)[0])]:
+            assert float((a - b).detach().abs().max() / b.detach().abs().max()) < tol
+    bad = z.detach().clone()
+    bad[0, 0, 0, 0], bad[0, 0, 0, 1] = float("nan"), float("inf")
+    out = hexconv.softplus_keep(bad, None)
+    assert torch.isnan(out[0, 0, 0, 0]) and torch.isinf(out[0, 0, 0, 1])

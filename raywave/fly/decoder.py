@@ -108,10 +108,12 @@ class FlowDecoder(nn.Module):
         b, t, side, _, c = maps.shape
         k, n = self.n_models, len(self.flat_index)
         x = maps.view(b * t, side, side, c).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
-        x = F.softplus(batch_norm(self.conv1(x), self.norm))
+        x = batch_norm(self.conv1(x), self.norm)
+        keep = None
         if self.training and self.dropout > 0:  # inverted dropout (see dropout_keep)
             gens = generator if isinstance(generator, list | tuple) else [generator] * k
-            x = x * dropout_keep(x.shape, self.dropout, gens, x.dtype, x.device)
+            keep = dropout_keep(x.shape, self.dropout, gens, x.dtype, x.device)
+        x = hexconv.softplus_keep(x, keep)  # softplus, then the dropout
         y = self.conv2(x).permute(0, 2, 3, 1).reshape(b * t, side * side, 3 * k)
         y = y.index_select(1, self.flat_index).view(b * t, n, k, 3)  # (backward: a serial index_add_)
         flow = y[..., :2] / (F.softplus(y[..., 2:]) + 1)
