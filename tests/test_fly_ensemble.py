@@ -67,10 +67,13 @@ def test_ensemble_member_equals_single_network(fly_connectome, seeds):
         torch.testing.assert_close(out[..., j, :], o, rtol=1e-12, atol=1e-15)
         for name in ("v_rest", "tau", "strength"):
             torch.testing.assert_close(getattr(ens, name).grad[j], getattr(n, name).grad, rtol=1e-10, atol=0)
+        # conv1's bias gradient is zero up to rounding (the batch norm removes its mean): absolute tolerance
+        # relative to the decoder's largest gradient
+        scale = max(float(p.grad.abs().max()) for p in single.parameters())
         for (name, p1), p2 in zip(single.named_parameters(), dec.parameters(), strict=True):
             rows = 3 if name.startswith("conv2") else 8
             assert float(p1.grad.abs().max()) > 0, name
-            torch.testing.assert_close(p2.grad[j * rows : (j + 1) * rows], p1.grad, rtol=1e-10, atol=1e-14)
+            torch.testing.assert_close(p2.grad[j * rows : (j + 1) * rows], p1.grad, rtol=1e-10, atol=1e-13 * scale)
 
 
 @pytest.mark.slow  # minutes on 2 CPUs: `make test-slow`
