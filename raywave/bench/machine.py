@@ -46,9 +46,10 @@ def time_best(step, device, repeats: int, times: list | None = None):
         t0 = time.perf_counter()
         step()
         sync()
-        best = min(best, time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        best = min(best, elapsed)
         if times is not None:
-            times.append(time.perf_counter() - t0)
+            times.append(elapsed)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
     return first, best, peak

@@ -33,12 +33,10 @@ class HexConv(nn.Conv2d):
         self.register_buffer("mask", torch.from_numpy(mask))
         with torch.no_grad():
             self.weight.mul_(self.mask)
-        self._taps = None  # the unmasked taps, for the native kernel (built on first use)
+        self._taps = hexconv.taps(self.mask)  # the unmasked taps, for the native kernel
         self.in_support = self.out_support = None  # `hexconv.Support`s (None: the whole map)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._taps is None:
-            self._taps = hexconv.taps(self.mask)
         return hexconv.hex_conv(x, self.weight, self.bias, self.mask, self.groups, self._taps, self.in_support,
                                 self.out_support)
 

@@ -297,15 +297,14 @@ extern "C" {
 
 // hexconv_conv: the forward (w (K, chunks, taps, CI, L)); the input gradient with in = dL/dy, w = the weights
 // transposed ((K, chunks of CI, taps, CO, L)), the taps mirrored (negated, and reversed to stay in row-major
-// order), the supports swapped, bias null, out = dL/dx. Returns 1. hexconv_grad_weight returns 1, or 0 when nv has
-// no instantiation (raywave/fly/hexconv.py checks the channel counts first).
+// order), the supports swapped, bias null, out = dL/dx. hexconv_grad_weight returns 1, or 0 when nv has no
+// instantiation (raywave/fly/hexconv.py checks the channel counts first).
 #define HEXCONV(SUFFIX, T)                                                                                       \
-  int hexconv_conv_##SUFFIX(i64 F, i64 H, i64 W, i64 K, i64 CI, i64 CO, i64 NT, const i32* du, const i32* dv,  \
+  void hexconv_conv_##SUFFIX(i64 F, i64 H, i64 W, i64 K, i64 CI, i64 CO, i64 NT, const i32* du, const i32* dv,  \
                             const i32* in_seg, const i32* out_seg, const T* in, const T* w, const T* bias, T* out, \
                             int threads) {                                                                       \
     const Shape s{F, H, W, K, CI, CO, NT, du, dv, in_seg, out_seg};                                              \
     conv<T, 8>(s, in, w, bias, out, threads);                                                                    \
-    return 1;                                                                                                    \
   }                                                                                                              \
   int hexconv_grad_weight_##SUFFIX(i64 nv, i64 F, i64 H, i64 W, i64 K, i64 CI, i64 CO, i64 NT, const i32* du,    \
                                    const i32* dv, const i32* in_seg, const i32* out_seg, const T* x, const T* gy, \

@@ -32,9 +32,10 @@ def _library() -> ctypes.CDLL:
 
     lib, _ = native.load(Path(__file__).with_name("hexconv.cpp"), "flyhexconv",
                          flags=(*native.DEFAULT_FLAGS, "-ffp-contract=fast"))  # fmt: skip
-    for name in ("hexconv_conv_f32", "hexconv_conv_f64", "hexconv_grad_weight_f32", "hexconv_grad_weight_f64"):
+    for name in ("hexconv_grad_weight_f32", "hexconv_grad_weight_f64"):
         getattr(lib, name).restype = ctypes.c_int
-    for name in ("norm_forward_f32", "norm_forward_f64", "norm_backward_f32", "norm_backward_f64"):
+    for name in ("hexconv_conv_f32", "hexconv_conv_f64", "norm_forward_f32", "norm_forward_f64", "norm_backward_f32",
+                 "norm_backward_f64"):  # fmt: skip
         getattr(lib, name).restype = None
     return lib
 
@@ -97,6 +98,11 @@ def _chunked(w: torch.Tensor) -> torch.Tensor:
     chunks = -(-co // lanes)
     w = F.pad(w, (0, chunks * lanes - co))
     return w.view(k, nt, ci, chunks, lanes).permute(0, 3, 1, 2, 4).contiguous()
+
+
+def _like(x: torch.Tensor, *others) -> bool:
+    """Whether the other tensors are given and share x's dtype and device (what a native call of x needs)."""
+    return all(t is not None and t.dtype == x.dtype and t.device == x.device for t in others)
 
 
 def _check(ok: int) -> None:
@@ -203,8 +209,8 @@ class _ChannelNorm(torch.autograd.Function):
 def channel_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float):
     """Batch normalisation in training mode over the rows of x (N, C) contiguous, with this library's kernel:
     -> (y, mean, biased variance), or None where the kernel does not serve x."""
-    same = all(t is not None and t.dtype == x.dtype and t.device == x.device for t in (gamma, beta))
-    if not (same and x.is_contiguous() and x.dim() == 2 and x.shape[0] > 1 and native_serves(x, 1)):
+    if not (_like(x, gamma, beta) and x.is_contiguous() and x.dim() == 2 and x.shape[0] > 1
+            and kernel.available(x.device, x.dtype, _library)):  # fmt: skip
         return None
     return _ChannelNorm.apply(x, gamma, beta, eps)
 
@@ -248,8 +254,8 @@ def softplus_keep(z: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     way where z (and keep) are stored channels last on the CPU and the library builds (with glibc the loops call its
     vector exp and log1p: about 4x faster than torch's softplus and multiply for the decoder's maps), else torch."""
     tensors = (z,) if keep is None else (z, keep)
-    stored = all(t.dim() == 4 and t.shape == z.shape and t.dtype == z.dtype and t.device == z.device
-                 and t.permute(0, 2, 3, 1).is_contiguous() for t in tensors)  # fmt: skip
+    stored = _like(z, *tensors) and all(
+        t.dim() == 4 and t.shape == z.shape and t.permute(0, 2, 3, 1).is_contiguous() for t in tensors)
     if stored and kernel.available(z.device, z.dtype, _activation_library):
         return _SoftplusKeep.apply(z, keep)
     y = F.softplus(z)
@@ -274,8 +280,7 @@ def hex_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mask: to
     outs = out_support if out_support is not None else Support.full(h, w)
     if ins.mask.shape != (h, w) or outs.mask.shape != (h, w):
         raise ValueError(f"supports of shape {tuple(ins.mask.shape)} and {tuple(outs.mask.shape)} for a {h}x{w} map")
-    same = all(t is not None and t.dtype == x.dtype and t.device == x.device for t in (weight, bias))
-    if same and x.permute(0, 2, 3, 1).is_contiguous() and native_serves(x, co):
+    if _like(x, weight, bias) and x.permute(0, 2, 3, 1).is_contiguous() and native_serves(x, co):
         return _HexConv.apply(x, weight, bias, groups, tap_table if tap_table is not None else taps(mask), ins, outs)
     if not ins.is_full:
         x = x * ins.mask.to(x.device, x.dtype)
